@@ -1,0 +1,51 @@
+"""The `voxtok` command line. Each subcommand lives in its own module under codec/commands/ and exposes
+`register(subparsers)`; handlers import their heavy dependencies lazily so `voxtok --help` stays fast."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from codec.errors import VoxtokError
+
+# Module names under codec.commands; a module that is missing (e.g. an optional extra) is skipped.
+COMMANDS = ["encode", "decode", "info", "roundtrip", "train", "synth", "eval", "bench", "export", "stream", "serve"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="voxtok", description="Streaming speech codec and token pipeline.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"codec.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"codec.commands.{name}":
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    # Active OpenMP spinning makes 2-core machines several times slower under load.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except VoxtokError as exc:
+        print(f"voxtok: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("voxtok: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # Output piped into `head` and the like: stop quietly, as other Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per `voxtok` subcommand, each with register(subparsers)."""

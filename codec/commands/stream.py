@@ -1,0 +1,182 @@
+"""`voxtok stream IN -o OUT [--chunk-ms 20]`: encode + decode through the ONNX runtime chunk by chunk, as a
+live stream, and report per-chunk latency, first-audio latency and the algorithmic latency.
+
+IN is an audio file (fed at the pace of the audio clock, or as fast as possible with --fast) or `mic` for
+the default microphone (needs the sounddevice package and an input device). The graphs come from --onnx DIR,
+or else from an export of --model kept in the user cache, made once (that one step needs torch + the onnx
+extra) and remade when the model's weights change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+MIC = "mic"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("stream", help="stream audio through the ONNX codec and report latency")
+    p.add_argument("input", help=f"audio file, or {MIC!r} for the default microphone")
+    p.add_argument("-o", "--output", required=True, help="decoded .wav/.flac")
+    p.add_argument("--chunk-ms", type=float, default=20.0, help="input chunk length in ms (default 20)")
+    p.add_argument("--onnx", default=None, help="folder written by `voxtok export onnx`")
+    p.add_argument("--model", default=None, help="model to export into the cache when --onnx is not given")
+    p.add_argument("--fast", action="store_true", help="file input as fast as possible, not at the audio clock")
+    p.add_argument("--seconds", type=float, default=None, help="microphone: stop after this long (else Ctrl-C)")
+    p.add_argument("--bitrate", type=float, default=None, help="target kbps (default: all codebooks)")
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime threads (default 1)")
+    p.add_argument("--int8", action="store_true", help="use the INT8 graphs (export with --int8)")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from codec.audio import load_audio, save_audio
+    from codec.errors import VoxtokError
+    from export.runtime import ExportedCodec, StreamingDecoder, StreamingEncoder, iter_chunks, run_stream
+
+    if args.chunk_ms <= 0:
+        raise VoxtokError(f"--chunk-ms must be positive, got {args.chunk_ms}")
+    model_dir = Path(args.onnx) if args.onnx else cached_export(args.model, args.int8)
+    codec = ExportedCodec(model_dir, threads=args.threads, precision="int8" if args.int8 else "fp32")
+    sr = codec.sample_rate
+    chunk = max(1, int(round(args.chunk_ms * sr / 1000)))
+    encoder = StreamingEncoder(codec, num_quantizers=num_quantizers_for(codec, args.bitrate))
+    decoder = StreamingDecoder(codec)
+    if args.input == MIC:
+        decoded, figures = run_stream(encoder, decoder, microphone_chunks(sr, chunk, args.seconds), paced=False)
+        figures["source"] = MIC
+    else:
+        samples = load_audio(args.input, sr)
+        decoded, figures = run_stream(encoder, decoder, iter_chunks(samples, chunk), paced=not args.fast)
+        figures["source"] = args.input
+    if len(decoded) == 0:
+        raise VoxtokError("no audio was streamed")
+    save_audio(args.output, decoded, sr)
+    figures.update({"output": args.output, "chunk_ms": 1000 * chunk / sr, "threads": args.threads,
+                    "precision": codec.precision, "codebooks": encoder.num_quantizers})
+    if args.json:
+        print(json.dumps(figures))
+    else:
+        print(format_figures(figures))
+    return 0
+
+
+def num_quantizers_for(codec, bitrate_kbps: float | None) -> int | None:
+    from codec.config import CodecConfig
+    from codec.errors import VoxtokError
+
+    if bitrate_kbps is None:
+        return None
+    kbps = CodecConfig.from_dict(codec.manifest["config"]).kbps_per_codebook
+    count = int(bitrate_kbps / kbps + 1e-6)
+    if count < 1:
+        raise VoxtokError(f"bitrate {bitrate_kbps} kbps is below one codebook ({kbps:g} kbps)")
+    return min(count, codec.num_quantizers)
+
+
+def format_figures(f: dict) -> str:
+    lat, enc, dec = f["chunk_latency"], f["encode_chunk"], f["decode_chunk"]
+    pace = "as fast as possible" if not f["paced"] else "at the audio clock"
+    if f["source"] == MIC:
+        pace = "live from the microphone"
+    lines = [
+        f"streamed {f['audio_s']:g} s in {f['chunks']} chunks of {f['chunk_ms']:g} ms, {pace} -> {f['output']}",
+        f"  chunk latency   p50 {lat['p50_ms']} ms  p95 {lat['p95_ms']} ms  max {lat['max_ms']} ms "
+        f"(encode p50 {enc['p50_ms']} ms, decode p50 {dec['p50_ms']} ms)",
+        f"  first audio     {f['first_audio_ms']} ms after the stream started",
+        f"  algorithmic     {f['algorithmic_latency_ms']:g} ms measured at this chunk size "
+        f"({f['stated_latency_ms']:g} ms stated for 20 ms chunks: one frame + iSTFT overlap)",
+        f"  compute         {f['compute_rtf']}x real time on {f['threads']} thread(s), {f['precision']}, "
+        f"{f['codebooks']} codebooks",
+    ]
+    return "\n".join(lines)
+
+
+def microphone_chunks(sample_rate: int, chunk: int, seconds: float | None):
+    """Chunks from the default input device until `seconds` have been read or Ctrl-C."""
+    import queue
+
+    from codec.errors import VoxtokError
+
+    try:
+        import sounddevice as sd
+    except (ImportError, OSError) as exc:  # OSError: the PortAudio library itself is missing
+        raise VoxtokError(f"microphone input needs the sounddevice package and PortAudio ({exc})") from None
+    try:
+        sd.query_devices(kind="input")
+    except Exception:  # sounddevice raises PortAudioError or ValueError when there is no input device
+        raise VoxtokError("no microphone found (no default input device)") from None
+    blocks: queue.Queue = queue.Queue()
+
+    def callback(indata, frames, time_info, status) -> None:
+        blocks.put(indata[:, 0].copy())
+
+    def generate():
+        total = 0
+        limit = None if seconds is None else int(seconds * sample_rate)
+        try:
+            with sd.InputStream(samplerate=sample_rate, channels=1, dtype="float32", blocksize=chunk,
+                                callback=callback):
+                while limit is None or total < limit:
+                    block = blocks.get()
+                    total += len(block)
+                    yield block
+        except KeyboardInterrupt:
+            return
+        except sd.PortAudioError as exc:
+            raise VoxtokError(f"microphone: {exc}") from None
+
+    return generate()
+
+
+def cache_root() -> Path:
+    root = os.environ.get("VOXTOK_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "voxtok"
+
+
+def cached_export(model: str | None, int8: bool) -> Path:
+    """An export of `model` in the user cache, made (or remade, when the weights changed) on demand."""
+    import hashlib
+    import json
+    import sys
+
+    from codec.errors import VoxtokError
+
+    model_dir = shipped_model_dir(model)
+    weights = model_dir / "model.safetensors"
+    if not weights.is_file():
+        raise VoxtokError(f"{model_dir}: not a voxtok model (no model.safetensors)")
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    target = cache_root() / "onnx" / digest[:16]
+    manifest = target / "manifest.json"
+    if manifest.is_file():
+        data = json.loads(manifest.read_text())
+        if data.get("weights_sha256") == digest and (not int8 or "int8" in data.get("graphs", {})):
+            return target
+    try:
+        from export.onnx_export import export_pretrained
+    except ImportError as exc:
+        raise VoxtokError(f"no ONNX export at hand and cannot make one ({exc}); install voxtok[onnx] "
+                          "or pass --onnx DIR") from None
+    print(f"voxtok: exporting {model or 'the default model'} to ONNX once, into {target}", file=sys.stderr)
+    export_pretrained(str(model_dir), target, int8=int8)
+    return target
+
+
+def shipped_model_dir(model: str | None) -> Path:
+    """The folder of a shipped model name or a model path, found without importing torch."""
+    from codec.errors import VoxtokError
+
+    target = model or "voxtok-16k"
+    path = Path(target)
+    if path.is_dir():
+        return path
+    shipped = Path(__file__).resolve().parent.parent / "pretrained" / target
+    if not shipped.is_dir():
+        raise VoxtokError(f"unknown model {target!r} (pass a shipped model name or a model folder)")
+    return shipped

@@ -1,0 +1,134 @@
+"""The public API: load a codec, turn audio into codes or .vtok bytes and back.
+
+Long inputs are encoded and decoded in streaming chunks, so memory stays bounded and the codes equal
+the one-shot result; batches of files are padded at the end only, which a causal encoder ignores.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from codec.audio import is_silent
+from codec.binary import TokenHeader, decode_vtok, encode_vtok
+from codec.errors import VoxtokError
+from codec.model import VoxtokCodec
+
+DEFAULT_MODEL = "voxtok-16k"
+PRETRAINED_ROOT = Path(__file__).resolve().parent / "pretrained"
+# Above this many seconds, encode/decode run chunk by chunk through the streaming path.
+STREAM_ABOVE_SECONDS = 60.0
+STREAM_CHUNK_SECONDS = 20.0
+
+
+def available_models() -> list[str]:
+    if not PRETRAINED_ROOT.is_dir():
+        return []
+    return sorted(p.name for p in PRETRAINED_ROOT.iterdir() if (p / "config.json").is_file())
+
+
+def load_codec(name_or_path: str | Path | None = None, device: str = "cpu") -> VoxtokCodec:
+    """A shipped model by name (default: voxtok-16k) or a folder with config.json + model.safetensors."""
+    target = name_or_path or DEFAULT_MODEL
+    path = Path(target)
+    if not path.is_dir():
+        path = PRETRAINED_ROOT / str(target)
+        if not path.is_dir():
+            known = ", ".join(available_models()) or "none installed"
+            raise VoxtokError(f"unknown model {target!r} (shipped models: {known}; or pass a model folder)")
+    return VoxtokCodec.from_pretrained(path, device=device)
+
+
+@torch.inference_mode()
+def encode_samples(model: VoxtokCodec, samples: np.ndarray, num_quantizers: int | None = None) -> np.ndarray:
+    """Mono float32 samples at model rate -> codes [n_q, frames] int64."""
+    n_q = num_quantizers or model.config.num_quantizers
+    wav = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))[None, None]
+    sr = model.config.sample_rate
+    if wav.shape[-1] <= STREAM_ABOVE_SECONDS * sr:
+        return model.encode(wav, n_q)[0].numpy()
+    chunk = int(STREAM_CHUNK_SECONDS * sr)
+    parts = []
+    with model.streaming(1, n_q):
+        for start in range(0, wav.shape[-1], chunk):
+            parts.append(model.encode_chunk(wav[..., start:start + chunk]))
+        parts.append(model.flush_encoder())
+    return torch.cat(parts, dim=-1)[0].numpy()
+
+
+@torch.inference_mode()
+def encode_batch(model: VoxtokCodec, batch: list[np.ndarray], num_quantizers: int | None = None) -> list[np.ndarray]:
+    """Several utterances in one forward pass, padded at the end; each result equals encode_samples."""
+    hop = model.config.hop_length
+    longest = max(len(s) for s in batch)
+    wav = torch.zeros(len(batch), 1, longest)
+    for i, s in enumerate(batch):
+        wav[i, 0, : len(s)] = torch.from_numpy(np.asarray(s, dtype=np.float32))
+    codes = model.encode(wav, num_quantizers)
+    return [codes[i, :, : -(-len(s) // hop)].numpy() for i, s in enumerate(batch)]
+
+
+@torch.inference_mode()
+def decode_codes(model: VoxtokCodec, codes: np.ndarray, num_samples: int | None = None) -> np.ndarray:
+    """codes [n_q, frames] -> mono float32 samples (trimmed to num_samples when given)."""
+    codes_t = torch.from_numpy(np.asarray(codes, dtype=np.int64))[None]
+    sr, hop = model.config.sample_rate, model.config.hop_length
+    frames = codes_t.shape[-1]
+    if frames * hop <= STREAM_ABOVE_SECONDS * sr:
+        out = model.decode(codes_t)[0, 0]
+    else:
+        step = int(STREAM_CHUNK_SECONDS * sr) // hop
+        parts = []
+        with model.streaming(1, codes_t.shape[1]):
+            for start in range(0, frames, step):
+                parts.append(model.decode_chunk(codes_t[..., start:start + step]))
+            parts.append(model.flush_decoder())
+        out = torch.cat(parts, dim=-1)[0, 0]
+    out = out.float().numpy()
+    return out[:num_samples] if num_samples is not None else out
+
+
+def check_codes(model: VoxtokCodec, codes: np.ndarray, source: str = "codes") -> None:
+    if codes.ndim != 2:
+        raise VoxtokError(f"{source}: codes must be [codebooks, frames], got shape {codes.shape}")
+    if not 1 <= codes.shape[0] <= model.config.num_quantizers:
+        raise VoxtokError(f"{source}: {codes.shape[0]} codebooks, this model has 1..{model.config.num_quantizers}")
+    if codes.size and (codes.min() < 0 or codes.max() >= model.config.codebook_size):
+        raise VoxtokError(f"{source}: codes outside 0..{model.config.codebook_size - 1}")
+
+
+def make_header(model: VoxtokCodec, codes: np.ndarray, num_samples: int) -> TokenHeader:
+    cfg = model.config
+    return TokenHeader(model_id=model.model_id, config_hash=cfg.config_hash(), sample_rate=cfg.sample_rate,
+                       frame_rate=cfg.frame_rate, num_codebooks=int(codes.shape[0]),
+                       codebook_size=cfg.codebook_size, num_samples=int(num_samples),
+                       num_frames=int(codes.shape[1]))
+
+
+def check_encodable(samples: np.ndarray, source: str = "audio") -> None:
+    if samples.size == 0:
+        raise VoxtokError(f"{source}: audio is empty")
+    if is_silent(samples, threshold_db=-90.0):
+        raise VoxtokError(f"{source}: audio is silent (nothing above -90 dBFS)")
+
+
+def compress(model: VoxtokCodec, samples: np.ndarray, sample_rate: int,
+             bitrate_kbps: float | None = None) -> bytes:
+    """Mono float32 samples -> .vtok bytes. Resamples when sample_rate differs from the model's."""
+    if sample_rate != model.config.sample_rate:
+        import soxr
+
+        samples = soxr.resample(samples, sample_rate, model.config.sample_rate, quality="HQ").astype(np.float32)
+    check_encodable(samples)
+    codes = encode_samples(model, samples, model.num_quantizers_for(bitrate_kbps))
+    return encode_vtok(make_header(model, codes, len(samples)), codes)
+
+
+def decompress(model: VoxtokCodec, data: bytes, source: str = "vtok data") -> tuple[np.ndarray, int]:
+    """.vtok bytes -> (mono float32 samples, sample rate); refuses files made by another model."""
+    header, codes = decode_vtok(data, expect_model_id=model.model_id,
+                                expect_config_hash=model.config.config_hash(), source=source)
+    check_codes(model, codes, source)
+    return decode_codes(model, codes, header.num_samples), header.sample_rate

@@ -1,0 +1,247 @@
+"""VoxtokCodec: causal encoder -> residual VQ -> causal decoder with an iSTFT head, offline and streaming.
+
+Time alignment: code frame t summarises input samples [t * hop, (t + 1) * hop) and nothing later. The
+decoder's overlap-add output runs (window - subframe) samples behind its input, which is the only
+latency beyond the frame itself; `decode` removes that offset so the output lines up with the input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from codec.config import CodecConfig
+from codec.errors import VoxtokError
+from codec.modules.conv import CausalConv1d
+from codec.modules.convnext import ChannelLayerNorm, ConvNeXtBlock
+from codec.modules.istft_head import ISTFTHead
+from codec.modules.streaming import State, StreamingSequential
+from codec.quantization import ResidualQuantizer
+
+# Codebook EMA statistics: needed to keep training, not to encode or decode.
+TRAINING_ONLY_BUFFERS = ("._codebook.embed_avg", "._codebook.cluster_size")
+
+
+def _blocks(dim: int, count: int, cfg: CodecConfig) -> list[nn.Module]:
+    return [ConvNeXtBlock(dim, int(dim * cfg.mlp_ratio), cfg.kernel_size) for _ in range(count)]
+
+
+class Encoder(StreamingSequential):
+    """[B, 1, N] waveform (N a multiple of hop) -> [B, latent_dim, N / hop]."""
+
+    def __init__(self, cfg: CodecConfig):
+        super().__init__(
+            CausalConv1d(1, cfg.enc_sub_dim, cfg.window, cfg.subframe),
+            *_blocks(cfg.enc_sub_dim, cfg.enc_sub_layers, cfg),
+            ChannelLayerNorm(cfg.enc_sub_dim),
+            CausalConv1d(cfg.enc_sub_dim, cfg.enc_dim, cfg.subframes_per_frame, cfg.subframes_per_frame),
+            *_blocks(cfg.enc_dim, cfg.enc_layers, cfg),
+            ChannelLayerNorm(cfg.enc_dim),
+            nn.Conv1d(cfg.enc_dim, cfg.latent_dim, 1),
+        )
+
+
+class Decoder(StreamingSequential):
+    """[B, latent_dim, T] -> overlap-add blocks [B, 1, (T * subframes + R - 1) * subframe]."""
+
+    def __init__(self, cfg: CodecConfig):
+        super().__init__(
+            CausalConv1d(cfg.latent_dim, cfg.dec_dim, 3),
+            ChannelLayerNorm(cfg.dec_dim),
+            *_blocks(cfg.dec_dim, cfg.dec_layers, cfg),
+            ChannelLayerNorm(cfg.dec_dim),
+            ISTFTHead(cfg.dec_dim, cfg.subframes_per_frame, cfg.window, cfg.subframe),
+        )
+
+
+@dataclass
+class _StreamState:
+    num_quantizers: int
+    encoder_state: State
+    decoder_state: State
+    pending_input: torch.Tensor  # samples not yet making a whole frame
+    decoder_skip: int  # output samples still to drop (the iSTFT offset at stream start)
+
+
+class VoxtokCodec(nn.Module):
+    def __init__(self, config: CodecConfig | None = None):
+        super().__init__()
+        self.config = config or CodecConfig()
+        self.config.validate()
+        cfg = self.config
+        self.encoder = Encoder(cfg)
+        self.quantizer = ResidualQuantizer(cfg.latent_dim, cfg.num_quantizers, cfg.codebook_size,
+                                           cfg.codebook_decay, cfg.dead_code_threshold, cfg.kmeans_iters)
+        self.decoder = Decoder(cfg)
+        self._stream: _StreamState | None = None
+
+    # ---- bitrates -------------------------------------------------------------------------------
+    @property
+    def model_id(self) -> str:
+        return self.config.name
+
+    @property
+    def operating_points(self) -> list[tuple[int, float]]:
+        """(codebooks, kbps) pairs this model is trained for, via quantizer dropout."""
+        n = self.config.num_quantizers
+        counts = sorted({c for c in (1, 2, 3, 6, n) if c <= n})
+        return [(c, round(c * self.config.kbps_per_codebook, 3)) for c in counts]
+
+    def num_quantizers_for(self, bitrate_kbps: float | None) -> int:
+        """The most codebooks whose bitrate fits in bitrate_kbps (all of them when None)."""
+        if bitrate_kbps is None:
+            return self.config.num_quantizers
+        count = int(bitrate_kbps / self.config.kbps_per_codebook + 1e-6)
+        if count < 1:
+            raise VoxtokError(f"bitrate {bitrate_kbps} kbps is below one codebook "
+                              f"({self.config.kbps_per_codebook} kbps)")
+        return min(count, self.config.num_quantizers)
+
+    # ---- offline --------------------------------------------------------------------------------
+    def _pad_to_frames(self, wav: torch.Tensor) -> torch.Tensor:
+        hop = self.config.hop_length
+        return F.pad(wav, (0, (-wav.shape[-1]) % hop))
+
+    def _trim_decoder_output(self, blocks: torch.Tensor, num_frames: int) -> torch.Tensor:
+        offset = self.config.window - self.config.subframe
+        return blocks[..., offset:offset + num_frames * self.config.hop_length]
+
+    @property
+    def encoder_dtype(self) -> torch.dtype:
+        return next(self.encoder.parameters()).dtype
+
+    def use_exact_encoder(self) -> VoxtokCodec:
+        """Run encoder and code search in float64 (for inference).
+
+        In float32 the encoder's output moves by ~1e-7 with how the input was chunked (different conv
+        kernels for different lengths), enough to flip a near-tie between two code vectors. In float64
+        that noise is ~1e-16, so streaming, batched and one-shot encoding give the same codes.
+        """
+        self.encoder.double()
+        return self
+
+    def encode(self, wav: torch.Tensor, num_quantizers: int | None = None) -> torch.Tensor:
+        """[B, 1, N] float waveform at config.sample_rate -> codes [B, n_q, ceil(N / hop)]."""
+        latents = self.encoder(self._pad_to_frames(wav.to(self.encoder_dtype)))
+        return self.quantizer.encode(latents, num_quantizers)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [B, n_q, T] -> [B, 1, T * hop] waveform aligned with the encoder's input."""
+        blocks = self.decoder(self.quantizer.decode(codes).to(self.decoder_dtype))
+        return self._trim_decoder_output(blocks, codes.shape[-1])
+
+    @property
+    def decoder_dtype(self) -> torch.dtype:
+        return next(self.decoder.parameters()).dtype
+
+    def forward(self, wav: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Training pass: (reconstruction [B, 1, N'], codes with -1 for dropped layers, commitment loss)."""
+        latents = self.encoder(self._pad_to_frames(wav))
+        quantized, codes, commit = self.quantizer(latents)
+        blocks = self.decoder(quantized)
+        return self._trim_decoder_output(blocks, latents.shape[-1]), codes, commit
+
+    # ---- streaming ------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def streaming(self, batch_size: int = 1, num_quantizers: int | None = None) -> Iterator[None]:
+        """Inside this context, encode_chunk/decode_chunk carry state from call to call."""
+        device = next(self.parameters()).device
+        self._stream = _StreamState(
+            num_quantizers=num_quantizers or self.config.num_quantizers,
+            encoder_state=self.encoder.init_state(batch_size, device, self.encoder_dtype),
+            decoder_state=self.decoder.init_state(batch_size, device, self.decoder_dtype),
+            pending_input=torch.zeros(batch_size, 1, 0, device=device, dtype=self.encoder_dtype),
+            decoder_skip=self.config.window - self.config.subframe,
+        )
+        try:
+            yield
+        finally:
+            self._stream = None
+
+    def _require_stream(self) -> _StreamState:
+        if self._stream is None:
+            raise RuntimeError("call encode_chunk/decode_chunk inside `with codec.streaming():`")
+        return self._stream
+
+    def encode_chunk(self, wav: torch.Tensor) -> torch.Tensor:
+        """Any number of samples [B, 1, n] -> codes [B, n_q, t] for the frames completed so far."""
+        stream = self._require_stream()
+        hop = self.config.hop_length
+        joined = torch.cat([stream.pending_input, wav.to(stream.pending_input.dtype)], dim=-1)
+        whole = joined.shape[-1] - joined.shape[-1] % hop
+        stream.pending_input = joined[..., whole:]
+        if whole == 0:
+            return torch.zeros(joined.shape[0], stream.num_quantizers, 0, dtype=torch.long, device=wav.device)
+        latents, stream.encoder_state = self.encoder.step(joined[..., :whole], stream.encoder_state)
+        return self.quantizer.encode(latents, stream.num_quantizers)
+
+    def flush_encoder(self) -> torch.Tensor:
+        """Codes for the last partial frame, zero-padded exactly as offline `encode` pads."""
+        stream = self._require_stream()
+        pending = stream.pending_input
+        if pending.shape[-1] == 0:
+            return torch.zeros(pending.shape[0], stream.num_quantizers, 0, dtype=torch.long, device=pending.device)
+        return self.encode_chunk(pending.new_zeros(pending.shape[0], 1, self.config.hop_length - pending.shape[-1]))
+
+    def decode_chunk(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [B, n_q, t] -> the waveform samples that are final after these frames."""
+        stream = self._require_stream()
+        if codes.shape[-1] == 0:
+            return torch.zeros(codes.shape[0], 1, 0, device=codes.device, dtype=self.decoder_dtype)
+        latents = self.quantizer.decode(codes).to(self.decoder_dtype)
+        out, stream.decoder_state = self.decoder.step(latents, stream.decoder_state)
+        if stream.decoder_skip:
+            skip = min(stream.decoder_skip, out.shape[-1])
+            out = out[..., skip:]
+            stream.decoder_skip -= skip
+        return out
+
+    def flush_decoder(self) -> torch.Tensor:
+        """The overlap-add tail still held in the decoder state (what offline decode ends with)."""
+        stream = self._require_stream()
+        tail = stream.decoder_state[-1].reshape(stream.decoder_state[-1].shape[0], 1, -1)
+        return tail[..., stream.decoder_skip:]
+
+    # ---- weights --------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path, half: bool = False, inference_only: bool = False) -> None:
+        """config.json + model.safetensors. `inference_only` drops the codebooks' EMA training statistics
+        (a third of the file); `half` stores the non-codebook weights in fp16."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: (v.float() if v.dtype == torch.float64 else v).detach().contiguous()
+                 for k, v in self.state_dict().items()}
+        if inference_only:
+            state = {k: v for k, v in state.items() if not k.endswith(TRAINING_ONLY_BUFFERS)}
+        if half:
+            # Codebooks and EMA statistics stay fp32: nearest-neighbour choices are sensitive to them.
+            state = {k: v.half() if v.is_floating_point() and "quantizer" not in k else v for k, v in state.items()}
+        save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+        self.config.save(directory / "config.json")
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> VoxtokCodec:
+        directory = Path(directory)
+        weights, config_path = directory / "model.safetensors", directory / "config.json"
+        if not weights.is_file() or not config_path.is_file():
+            raise VoxtokError(f"{directory}: not a voxtok model (needs config.json and model.safetensors)")
+        model = cls(CodecConfig.load(config_path))
+        state = load_file(str(weights), device=str(device))
+        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.endswith(TRAINING_ONLY_BUFFERS)]
+        if missing or unexpected:
+            raise VoxtokError(f"{directory}: weights do not match config.json "
+                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        model.to(device)
+        model.eval()
+        model.use_exact_encoder()
+        if not model.quantizer.initialized():
+            raise VoxtokError(f"{directory}: codebooks were never initialised (an untrained checkpoint)")
+        return model

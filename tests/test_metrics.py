@@ -1,0 +1,186 @@
+"""Eval metrics on real speech against cases with a known answer: identity, delay, gain, noise, another voice.
+
+Needs the eval extra (pip install -e '.[eval]'): pesq, pystoi, pocketsphinx, resemblyzer, speechmos, hama.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from codec.audio import load_audio
+from codec.eval.metrics import (
+    GROUPS,
+    MetricSuite,
+    MetricUndefined,
+    align,
+    error_rate,
+    fit_length,
+    log_mel_l1,
+    normalise_words,
+    pesq_wb,
+    phone_error_rate,
+    si_sdr,
+    stoi,
+)
+
+# LibriSpeech test-clean speaker 1089 (male), 5.4 s, with transcript.
+SPEECH = "librispeech/1089-134691-0001.flac"
+# Another utterance of the same speaker, and a female speaker from another corpus.
+SAME_SPEAKER = "librispeech/1089-134686-0001.flac"
+OTHER_SPEAKER = "ljspeech/LJ001-0004.flac"
+SIGNAL_GROUPS = ["pesq", "stoi", "estoi", "sisdr", "mel", "mrstft"]
+
+
+@pytest.fixture(scope="module")
+def speech(real_root, real_rows) -> tuple[np.ndarray, str]:
+    text = next(r["text"] for r in real_rows if r["path"] == SPEECH)
+    return load_audio(real_root / SPEECH, 16000), text
+
+
+@pytest.fixture(scope="module")
+def suite() -> MetricSuite:
+    return MetricSuite(list(GROUPS))
+
+
+@pytest.fixture(scope="module")
+def reference(suite, speech):
+    samples, text = speech
+    return suite.analyse(samples, text)
+
+
+def white_noise(n: int, rms: float = 0.05) -> np.ndarray:
+    return (np.random.default_rng(7).standard_normal(n) * rms).astype(np.float32)
+
+
+def test_identity_scores_perfect_on_every_metric(suite, reference, speech):
+    samples, _ = speech
+    values, notes = suite.compare(reference, samples.copy())
+    assert notes == {}
+    assert values["pesq"] == pytest.approx(4.64, abs=0.01)
+    assert values["stoi"] == pytest.approx(1.0, abs=1e-6)
+    assert values["estoi"] == pytest.approx(1.0, abs=1e-6)
+    assert values["si_sdr"] > 90
+    assert values["mel_l1"] == 0.0 and values["mrstft"] == 0.0
+    assert values["spk_sim"] == pytest.approx(1.0, abs=1e-5)
+    assert values["dwer"] == 0.0 and values["dper"] == 0.0
+    # The judges' own error on the original is the floor; identity must sit exactly on it.
+    for key in ("wer", "cer", "per", "dnsmos_ovrl"):
+        assert values[key] == reference.values[key]
+
+
+def test_reference_floors_are_those_of_clean_read_speech(reference):
+    assert reference.values["wer"] < 0.5  # pocketsphinx is weak (~47% on this set) but not lost
+    assert reference.values["per"] < 0.25  # the phone recogniser is much closer to the G2P transcript
+    assert reference.values["dnsmos_ovrl"] > 3.0
+    assert reference.values["n_words"] == len(reference.text.split()) == 17
+
+
+@pytest.mark.parametrize("lag", [320, -160])
+def test_delay_is_found_exactly_and_undone(speech, lag):
+    samples, _ = speech
+    if lag > 0:
+        shifted = np.concatenate([np.zeros(lag, np.float32), samples])[: len(samples)]
+    else:
+        shifted = np.concatenate([samples[-lag:], np.zeros(-lag, np.float32)])
+    aligned, found = align(samples, shifted)
+    assert found == lag
+    # A 20 ms (or 10 ms) shift wrecks the sample-wise metrics; alignment restores them.
+    assert si_sdr(samples, shifted) < 0
+    assert si_sdr(samples, aligned) > 40
+    assert stoi(samples, shifted) < stoi(samples, aligned)
+    assert log_mel_l1(samples, aligned) < 0.1 < log_mel_l1(samples, shifted)
+    # PESQ aligns internally, so the raw delayed copy is still near-transparent.
+    assert pesq_wb(samples, shifted) > 4.3
+
+
+def test_scaled_copy_is_perfect_for_scale_invariant_metrics_only(suite, reference, speech):
+    samples, _ = speech
+    values, _ = suite.compare(reference, samples * np.float32(0.3))
+    assert values["si_sdr"] > 60
+    assert values["stoi"] > 0.999
+    assert values["pesq"] > 4.5  # PESQ normalises level
+    # log-mel is not level invariant: power scales by 0.09, log10 shifts by 1.046 wherever above the floor.
+    assert values["mel_l1"] == pytest.approx(-2 * math.log10(0.3), abs=0.1)
+    assert values["spk_sim"] > 0.95
+    assert values["dper"] < 0.15
+
+
+def test_white_noise_scores_at_the_bottom(suite, reference, speech):
+    samples, _ = speech
+    values, _ = suite.compare(reference, white_noise(len(samples)))
+    assert values["pesq"] < 1.3
+    assert values["estoi"] < 0.1
+    assert values["si_sdr"] < -20
+    assert values["spk_sim"] < 0.7
+    assert values["dnsmos_bak"] < 2.0 and values["dnsmos_ovrl"] < 2.0 < reference.values["dnsmos_ovrl"]
+    assert values["wer"] > 0.9
+    assert values["per"] > 0.8 and values["dper"] > 0.8
+
+
+def test_wrong_speaker_is_told_apart_from_the_right_one(speech, real_root):
+    samples, text = speech
+    suite = MetricSuite(["pesq", "sim", "per"])
+    reference = suite.analyse(samples, text)
+    same = suite.compare(reference, fit_length(load_audio(real_root / SAME_SPEAKER, 16000), len(samples)))[0]
+    other = suite.compare(reference, fit_length(load_audio(real_root / OTHER_SPEAKER, 16000), len(samples)))[0]
+    assert same["spk_sim"] > 0.75
+    assert other["spk_sim"] < same["spk_sim"] - 0.15
+    # Different words: the phone recogniser hears them, so the decoded-vs-original PER is high either way.
+    assert other["dper"] > 0.6 and same["dper"] > 0.6
+    assert other["pesq"] < 1.6
+
+
+def test_undefined_metrics_say_why():
+    digit = np.zeros(4800, np.float32)
+    digit[1000:3000] = np.sin(np.arange(2000) * 0.2) * 0.3  # 125 ms of tone: too short for STOI
+    with pytest.raises(MetricUndefined, match="STOI"):
+        stoi(digit, digit)
+    with pytest.raises(MetricUndefined, match="no utterance"):
+        pesq_wb(np.zeros(16000, np.float32), np.ones(16000, np.float32))
+    with pytest.raises(MetricUndefined, match="silent"):
+        si_sdr(np.zeros(100, np.float32), np.ones(100, np.float32))
+    with pytest.raises(MetricUndefined):
+        phone_error_rate([], ["a"])
+
+
+def test_signal_only_suite_skips_model_metrics(speech):
+    samples, text = speech
+    light = MetricSuite(SIGNAL_GROUPS)
+    ref = light.analyse(samples, text)
+    values, _ = light.compare(ref, samples)
+    assert set(values) == set(light.columns) == {"pesq", "stoi", "estoi", "si_sdr", "mel_l1", "mrstft"}
+
+
+def test_text_and_phone_error_rates():
+    assert normalise_words("Hello, World!  It's  me.") == "hello world it's me"
+    assert error_rate("a b c d", "a x c", "word") == pytest.approx(0.5)
+    assert phone_error_rate(["a", "b", "c"], ["a", "c"]) == pytest.approx(1 / 3)
+    assert phone_error_rate(["a"], ["b", "c", "d"]) == pytest.approx(3.0)
+
+
+def test_silent_output_gets_finite_values_or_reasons(suite, reference, speech):
+    samples, _ = speech
+    values, notes = suite.compare(reference, np.zeros_like(samples))
+    for column in suite.columns:
+        assert values[column] is None or math.isfinite(values[column]), column
+        assert values[column] is not None or column in notes
+    # Silence instead of speech is the worst score, not a value left out of the averages.
+    assert values["pesq"] == pytest.approx(1.04, abs=0.01) and values["spk_sim"] == 0.0
+    assert values["stoi"] == 0.0 and values["wer"] == 1.0 and values["dper"] == 1.0
+
+
+def test_a_judge_crashing_on_one_file_loses_only_its_metric(speech, monkeypatch):
+    samples, text = speech
+    suite = MetricSuite(["sisdr", "sim"])
+    reference = suite.analyse(samples, text)
+
+    def broken(_samples):
+        raise RuntimeError("encoder exploded")
+
+    monkeypatch.setattr(suite.judges.speaker, "embed", broken)
+    values, notes = suite.compare(reference, samples * np.float32(0.5))
+    assert values["spk_sim"] is None and notes["spk_sim"] == "RuntimeError: encoder exploded"
+    assert values["si_sdr"] > 60
