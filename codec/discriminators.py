@@ -14,6 +14,29 @@ from torch.nn.utils.parametrizations import weight_norm
 Output = tuple[list[torch.Tensor], list[list[torch.Tensor]]]
 
 
+def _conv_stack(layers: nn.ModuleList, out: nn.Module, h: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Leaky-ReLU conv stack; every hidden activation is kept for the feature-matching loss."""
+    features = []
+    for layer in layers:
+        h = F.leaky_relu(layer(h), 0.1)
+        features.append(h)
+    return out(h).flatten(1), features
+
+
+class _Ensemble(nn.Module):
+    """Sub-discriminators run side by side on the same audio."""
+
+    discriminators: nn.ModuleList
+
+    def forward(self, wav: torch.Tensor) -> Output:
+        scores, features = [], []
+        for d in self.discriminators:
+            s, f = d(wav)
+            scores.append(s)
+            features.append(f)
+        return scores, features
+
+
 class PeriodDiscriminator(nn.Module):
     def __init__(self, period: int, channels: tuple[int, ...] = (16, 32, 64, 64)):
         super().__init__()
@@ -30,25 +53,13 @@ class PeriodDiscriminator(nn.Module):
         b, _, n = wav.shape
         wav = F.pad(wav, (0, (-n) % self.period), mode="reflect")
         h = wav.reshape(b, 1, -1, self.period)
-        features = []
-        for layer in self.layers:
-            h = F.leaky_relu(layer(h), 0.1)
-            features.append(h)
-        return self.out(h).flatten(1), features
+        return _conv_stack(self.layers, self.out, h)
 
 
-class MultiPeriodDiscriminator(nn.Module):
+class MultiPeriodDiscriminator(_Ensemble):
     def __init__(self, periods: tuple[int, ...] = (2, 3, 5, 7, 11)):
         super().__init__()
         self.discriminators = nn.ModuleList(PeriodDiscriminator(p) for p in periods)
-
-    def forward(self, wav: torch.Tensor) -> Output:
-        scores, features = [], []
-        for d in self.discriminators:
-            s, f = d(wav)
-            scores.append(s)
-            features.append(f)
-        return scores, features
 
 
 class ResolutionDiscriminator(nn.Module):
@@ -70,22 +81,10 @@ class ResolutionDiscriminator(nn.Module):
         spec = torch.stft(wav.reshape(-1, wav.shape[-1]), self.n_fft, self.hop, window=self.window,
                           return_complex=True).abs()
         h = torch.log(spec.clamp(min=1e-5)).unsqueeze(1)
-        features = []
-        for layer in self.layers:
-            h = F.leaky_relu(layer(h), 0.1)
-            features.append(h)
-        return self.out(h).flatten(1), features
+        return _conv_stack(self.layers, self.out, h)
 
 
-class MultiResolutionDiscriminator(nn.Module):
+class MultiResolutionDiscriminator(_Ensemble):
     def __init__(self, resolutions: tuple[tuple[int, int], ...] = ((1024, 256), (512, 128), (256, 64))):
         super().__init__()
         self.discriminators = nn.ModuleList(ResolutionDiscriminator(n, h) for n, h in resolutions)
-
-    def forward(self, wav: torch.Tensor) -> Output:
-        scores, features = [], []
-        for d in self.discriminators:
-            s, f = d(wav)
-            scores.append(s)
-            features.append(f)
-        return scores, features
