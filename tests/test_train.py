@@ -90,3 +90,40 @@ def test_resume_from_committed_checkpoint_without_optimizer(tmp_path, real_root)
     assert resumed.load_checkpoint() and resumed.step == 2 and resumed.rewarm_from == 2
     resumed.train()
     assert (tmp_path / "run" / "checkpoint" / "optimizer.safetensors").is_file()
+
+
+def test_packed_checkpoint_is_small_and_resumes(tmp_path, real_root):
+    """recipes/pack_checkpoint.py (how the committed checkpoint is made): fp16 weights, fp32 codebooks, no optimizer,
+    the log carried over; a run resumed from it starts at its step with the same codebooks."""
+    import shutil
+    import sys
+
+    sys.path.insert(0, str(REPO / "recipes"))
+    from pack_checkpoint import pack
+
+    trainer = tiny_trainer(tmp_path, real_root, steps=4, adversarial_start=100)
+    trainer.train()
+    packed = tmp_path / "packed"
+    assert pack(tmp_path / "run", packed) == 4
+    assert not (packed / "optimizer.safetensors").exists()
+    weights = load_file(str(packed / "model.safetensors"))
+    full = load_file(str(tmp_path / "run" / "checkpoint" / "model.safetensors"))
+    assert weights.keys() == full.keys()
+    for name, value in weights.items():
+        if "_codebook." in name:
+            assert value.dtype == full[name].dtype and torch.equal(value, full[name])
+        elif value.is_floating_point():
+            assert value.dtype == torch.float16 and torch.allclose(value.float(), full[name], rtol=1e-3, atol=1e-4)
+    logged = [json.loads(line)["step"] for line in (packed / "log.jsonl").read_text().splitlines()]
+    assert sorted(set(logged)) == [2, 4]  # training entries at 2 and 4, the final dev eval at 4
+
+    shutil.rmtree(tmp_path / "run")
+    (tmp_path / "run").mkdir()
+    shutil.copytree(packed, tmp_path / "run" / "checkpoint")
+    resumed = tiny_trainer(tmp_path, real_root, steps=6, adversarial_start=100)
+    assert resumed.load_checkpoint() and resumed.step == 4 and resumed.rewarm_from == 4
+    for name, value in resumed.model.state_dict().items():
+        if name in weights and "_codebook.embed" in name:
+            assert torch.equal(value.cpu(), weights[name])
+    resumed.train()
+    assert resumed.step == 6
