@@ -36,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
     figures = {
         "input": args.input, "output": args.output, "duration_s": round(seconds, 3), "bytes": len(data),
         "kbps": round(8 * len(data) / seconds / 1000, 3),
-        "encode_rtf": round(seconds / (encoded - start), 1), "decode_rtf": round(seconds / (done - encoded), 1),
+        "encode_x_realtime": round(seconds / (encoded - start), 1),
+        "decode_x_realtime": round(seconds / (done - encoded), 1),
         "si_sdr_db": round(si_sdr(ref, decoded[: len(ref)]), 2),
     }
     figures.update(_optional_metrics(ref, decoded, sr))
