@@ -4,17 +4,17 @@ folder that `voxtok eval` scores as `folder:PATH`. This is how the eval table ge
     python benchmarks/onnx_decode_folder.py ../shared/data/real --split dev --exclude-tag digits \
         --precision int8 --num-quantizers 12 -o /tmp/onnx_int8
     voxtok eval ../shared/data/real --split dev --exclude-tag digits --metrics pesq,stoi,mel \
-        --system onnx-int8@6=folder:/tmp/onnx_int8 --system voxtok@6
+        --system onnx-int8-6kbps=folder:/tmp/onnx_int8 --system voxtok@6
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from codec.audio import load_audio, save_audio
 from codec.commands.stream import cached_export
+from codec.eval.runner import read_manifest, read_split, select
 from export.runtime import OfflineCodec
 
 
@@ -29,27 +29,18 @@ def main() -> None:
     args = parser.parse_args()
 
     runtime = OfflineCodec(cached_export(None, args.precision == "int8"), precision=args.precision)
-    keep = None
-    if args.split:
-        split = Path(__file__).resolve().parent.parent / "codec" / "splits" / f"real_{args.split}.txt"
-        split = split if args.split in ("dev", "train") else Path(args.split)
-        keep = {line.strip() for line in split.read_text().splitlines() if line.strip()}
-    done = 0
-    for line in (args.ref_dir / "manifest.jsonl").read_text().splitlines():
-        entry = json.loads(line)
-        if keep is not None and entry["path"] not in keep:
-            continue
-        if set(entry.get("tags", [])) & set(args.exclude_tag):
-            continue
-        sr = runtime.codec.sample_rate
-        audio = load_audio(args.ref_dir / entry["path"], sr)
-        codes = runtime.encode(audio, args.num_quantizers)
-        decoded = runtime.decode(codes, len(audio))
-        target = args.out / Path(entry["path"]).with_suffix(".wav")
+    # The same file selection as `voxtok eval`, so the folder matches the eval run file for file.
+    entries = select(read_manifest(args.ref_dir), read_split(args.split) if args.split else None,
+                     exclude_tags=args.exclude_tag)
+    sr = runtime.codec.sample_rate
+    for entry in entries:
+        audio = load_audio(args.ref_dir / entry.path, sr)
+        decoded = runtime.decode(runtime.encode(audio, args.num_quantizers), len(audio))
+        target = args.out / Path(entry.path).with_suffix(".wav")
         target.parent.mkdir(parents=True, exist_ok=True)
         save_audio(target, decoded, sr)
-        done += 1
-    print(f"{done} files decoded through ONNX {args.precision} with {args.num_quantizers} codebooks into {args.out}")
+    print(f"{len(entries)} files decoded through ONNX {args.precision} with {args.num_quantizers} codebooks "
+          f"into {args.out}")
 
 
 if __name__ == "__main__":

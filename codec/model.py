@@ -29,6 +29,12 @@ from codec.quantization import ResidualQuantizer
 TRAINING_ONLY_BUFFERS = ("._codebook.embed_avg", "._codebook.cluster_size")
 
 
+def half_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """fp16 for every floating tensor but the quantizer's: codebooks and their EMA statistics stay fp32, because
+    nearest-neighbour choices (and k-means/EMA updates) are sensitive to rounding."""
+    return {k: v.half() if v.is_floating_point() and "quantizer" not in k else v for k, v in state.items()}
+
+
 def _blocks(dim: int, count: int, cfg: CodecConfig) -> list[nn.Module]:
     return [ConvNeXtBlock(dim, int(dim * cfg.mlp_ratio), cfg.kernel_size) for _ in range(count)]
 
@@ -220,8 +226,7 @@ class VoxtokCodec(nn.Module):
         if inference_only:
             state = {k: v for k, v in state.items() if not k.endswith(TRAINING_ONLY_BUFFERS)}
         if half:
-            # Codebooks and EMA statistics stay fp32: nearest-neighbour choices are sensitive to them.
-            state = {k: v.half() if v.is_floating_point() and "quantizer" not in k else v for k, v in state.items()}
+            state = half_weights(state)
         save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
         self.config.save(directory / "config.json")
 

@@ -16,12 +16,9 @@ import shutil
 import sys
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file, save_file
 
-
-def _half(tensors: dict[str, torch.Tensor], keep_fp32: str = "._codebook.") -> dict[str, torch.Tensor]:
-    return {k: v.half() if v.is_floating_point() and keep_fp32 not in k else v for k, v in tensors.items()}
+from codec.model import half_weights
 
 
 def _log_entries(path: Path) -> list[dict]:
@@ -43,7 +40,7 @@ def pack(run_dir: Path, out_dir: Path) -> int:
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(_half(load_file(str(ckpt / "model.safetensors"))), str(tmp / "model.safetensors"))
+    save_file(half_weights(load_file(str(ckpt / "model.safetensors"))), str(tmp / "model.safetensors"))
     if (ckpt / "discriminators.safetensors").is_file():
         shutil.copy2(ckpt / "discriminators.safetensors", tmp / "discriminators.safetensors")
     shutil.copy2(ckpt / "config.json", tmp / "config.json")
