@@ -44,8 +44,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(figures))
     else:
+        width = max(map(len, figures))
         for k, v in figures.items():
-            print(f"{k:>12}: {v}")
+            print(f"{k:>{width}}: {v}")
     return 0
 
 
