@@ -35,6 +35,13 @@ PREFIX = struct.Struct("<4sBBIII")
 PREFIX_SIZE = PREFIX.size  # 18
 MAX_BITS = 32
 MAX_CODEBOOK_SIZE = 1 << MAX_BITS
+# Bounds a reader enforces before it parses or allocates anything a header asks for. A real header is ~100
+# bytes, one level deep, with integers of at most 10 digits; these limits leave room for `extra` metadata.
+MAX_HEADER_BYTES = 64 * 1024
+MAX_JSON_DEPTH = 16
+MAX_NUMBER_CHARS = 24
+MAX_SAMPLE_RATE = 1_000_000
+MAX_CODEBOOKS = 1024
 
 # Short JSON keys keep the header near 100 bytes: it is part of the file size reported as the true bitrate.
 SHORT_KEYS = {
@@ -100,16 +107,26 @@ class TokenHeader:
         real = isinstance(fr, numbers.Real) and not isinstance(fr, (bool, np.bool_))
         if not real or not math.isfinite(fr) or fr <= 0:
             raise VoxtokError(f"header field frame_rate must be a positive number, got {fr!r}")
-        if self.sample_rate <= 0:
-            raise VoxtokError(f"header field sample_rate must be positive, got {self.sample_rate}")
-        if self.num_codebooks < 1:
-            raise VoxtokError(f"header field num_codebooks must be at least 1, got {self.num_codebooks}")
+        if not 0 < self.sample_rate <= MAX_SAMPLE_RATE:
+            raise VoxtokError(f"header field sample_rate must be in [1, {MAX_SAMPLE_RATE}], got {self.sample_rate}")
+        if fr > self.sample_rate:
+            raise VoxtokError(f"header field frame_rate {fr:g} exceeds the sample rate {self.sample_rate}")
+        if not 1 <= self.num_codebooks <= MAX_CODEBOOKS:
+            raise VoxtokError(
+                f"header field num_codebooks must be in [1, {MAX_CODEBOOKS}], got {self.num_codebooks}"
+            )
         if not 2 <= self.codebook_size <= MAX_CODEBOOK_SIZE:
             raise VoxtokError(
                 f"header field codebook_size must be in [2, 2**{MAX_BITS}], got {self.codebook_size}"
             )
         if self.num_samples < 0 or self.num_frames < 0:
             raise VoxtokError("header fields num_samples and num_frames must not be negative")
+        expected = frames_for(self.num_samples, self.sample_rate, fr)
+        if self.num_frames != expected:
+            raise VoxtokError(
+                f"header fields disagree: {self.num_samples} samples at {self.sample_rate} Hz make {expected} "
+                f"frames at {fr:g} Hz, the header says {self.num_frames}"
+            )
         if not isinstance(self.extra, dict):
             raise VoxtokError("header field extra must be a JSON object")
 
@@ -137,10 +154,7 @@ class TokenHeader:
     @classmethod
     def from_json(cls, text: str | bytes) -> TokenHeader:
         """Parse and validate a header; unknown keys are ignored so minor additions stay readable."""
-        try:
-            record = json.loads(text)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise VoxtokError(f"header is not valid JSON ({exc})") from None
+        record = load_bounded_json(text)
         if not isinstance(record, dict):
             raise VoxtokError("header is not a JSON object")
         required = [(name, short) for name, short in SHORT_KEYS.items() if name != "extra"]
@@ -156,6 +170,69 @@ class TokenHeader:
     def to_dict(self) -> dict:
         """Long field names, for `voxtok info --json` and logs."""
         return {name: getattr(self, name) for name in SHORT_KEYS}
+
+
+def load_bounded_json(text: str | bytes) -> object:
+    """json.loads for untrusted headers: UTF-8 only (json.loads would also accept UTF-16/32 bytes), at most
+    MAX_HEADER_BYTES, nesting at most MAX_JSON_DEPTH (deeper JSON overflows the parser's recursion) and numbers
+    of at most MAX_NUMBER_CHARS characters (Python refuses to convert integers of over 4,300 digits, and a
+    huge one overflows float()); NaN and Infinity are not JSON. Every failure is a VoxtokError."""
+    if isinstance(text, str):
+        text = text.encode("utf-8", "surrogatepass")
+    if len(text) > MAX_HEADER_BYTES:
+        raise VoxtokError(f"header is {len(text)} bytes, more than the {MAX_HEADER_BYTES} a reader accepts")
+    try:
+        decoded = text.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise VoxtokError(f"header is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    depth = _json_depth(decoded)
+    if depth > MAX_JSON_DEPTH:
+        raise VoxtokError(f"header JSON is nested {depth} deep, more than {MAX_JSON_DEPTH}")
+
+    def number(kind):
+        def parse(literal: str):
+            if len(literal) > MAX_NUMBER_CHARS:
+                raise VoxtokError(f"header holds a number of {len(literal)} characters (at most {MAX_NUMBER_CHARS})")
+            return kind(literal)
+        return parse
+
+    def constant(name: str):
+        raise VoxtokError(f"header holds {name}, which is not JSON")
+
+    try:
+        return json.loads(decoded, parse_int=number(int), parse_float=number(float), parse_constant=constant)
+    except json.JSONDecodeError as exc:
+        raise VoxtokError(f"header is not valid JSON ({exc})") from None
+
+
+def _json_depth(text: str) -> int:
+    """Deepest nesting of [ and { outside strings: a linear scan that never recurses."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def frames_for(num_samples: int, sample_rate: int, frame_rate: float) -> int:
+    """Code frames that cover num_samples: ceil(num_samples / samples per frame), the encoder's padding rule."""
+    samples_per_frame = sample_rate / frame_rate
+    if float(samples_per_frame).is_integer():
+        return -(-int(num_samples) // int(samples_per_frame))
+    return math.ceil(num_samples / samples_per_frame - 1e-9)
 
 
 def bits_for(codebook_size: int) -> int:
@@ -239,26 +316,62 @@ def encode_vtok(header: TokenHeader, codes: np.ndarray) -> bytes:
     return PREFIX.pack(VTOK_MAGIC, VTOK_VERSION, 0, len(head), len(payload), crc) + head + payload
 
 
+@dataclass(frozen=True)
+class ModelTokens:
+    """What one model decodes. A header must match it field by field before any payload is unpacked: a token
+    file for another model, rate or codebook would otherwise decode to noise, or to audio at the wrong rate."""
+
+    model_id: str
+    config_hash: str
+    sample_rate: int
+    frame_rate: float
+    codebook_size: int
+    max_codebooks: int
+
+
 def decode_vtok(
     data: bytes,
     *,
+    expect: ModelTokens | None = None,
     expect_model_id: str | None = None,
     expect_config_hash: str | None = None,
     source: str = "vtok data",
 ) -> tuple[TokenHeader, np.ndarray]:
-    """Validate and decode a whole file; each failure is a VoxtokError whose one line starts with `source`."""
+    """Validate and decode a whole file; each failure is a VoxtokError whose one line starts with `source`.
+    `expect` checks every field against a model; expect_model_id/expect_config_hash check only those two."""
     head, payload, stored_crc = _split(data, source)
     if zlib.crc32(payload, zlib.crc32(head)) != stored_crc:
         raise VoxtokError(f"{source}: CRC mismatch, the file is corrupt")
     header = _parse_header(head, source)
     _check_payload_size(header, len(payload), source)
-    check_model(header, expect_model_id, expect_config_hash, source)
+    if expect is not None:
+        check_tokens(header, expect, source)
+    else:
+        check_model(header, expect_model_id, expect_config_hash, source)
     codes = unpack_codes(payload, header.num_codebooks, header.num_frames, header.bits)
     if codes.size and int(codes.max()) >= header.codebook_size:
         raise VoxtokError(
             f"{source}: code {int(codes.max())} out of range for codebook size {header.codebook_size}"
         )
     return header, codes
+
+
+def check_tokens(header: TokenHeader, expect: ModelTokens, source: str) -> None:
+    """Refuse a header that this model cannot decode as it stands (see ModelTokens)."""
+    check_model(header, expect.model_id, expect.config_hash, source)
+    mismatches = [
+        ("sample rate", header.sample_rate, expect.sample_rate),
+        ("frame rate", header.frame_rate, expect.frame_rate),
+        ("codebook size", header.codebook_size, expect.codebook_size),
+    ]
+    for what, got, want in mismatches:
+        if got != want:
+            raise VoxtokError(f"{source}: header says {what} {got:g}, model {expect.model_id} has {want:g}")
+    if header.num_codebooks > expect.max_codebooks:
+        raise VoxtokError(f"{source}: header says {header.num_codebooks} codebooks, "
+                          f"model {expect.model_id} has {expect.max_codebooks}")
+    if header.num_frames == 0:
+        raise VoxtokError(f"{source}: holds no frames, there is nothing to decode")
 
 
 def check_model(
@@ -286,7 +399,7 @@ def read_vtok(
     path: str | Path, *, expect_model_id: str | None = None, expect_config_hash: str | None = None
 ) -> tuple[TokenHeader, np.ndarray]:
     return decode_vtok(
-        _read_bytes(path),
+        read_bytes(path),
         expect_model_id=expect_model_id,
         expect_config_hash=expect_config_hash,
         source=str(path),
@@ -301,6 +414,7 @@ def read_header(path: str | Path) -> TokenHeader:
         prefix = f.read(PREFIX_SIZE)
         _check_prefix(prefix, str(path))
         _, _, _, head_len, payload_len, _ = PREFIX.unpack(prefix)
+        _check_header_length(head_len, str(path))
         head = f.read(head_len)
         if len(head) < head_len:
             got, want = PREFIX_SIZE + len(head), PREFIX_SIZE + head_len
@@ -347,7 +461,7 @@ def summarize_vtok(data: bytes, source: str = "vtok data") -> VtokSummary:
 
 
 def summarize_file(path: str | Path) -> VtokSummary:
-    return summarize_vtok(_read_bytes(path), source=str(path))
+    return summarize_vtok(read_bytes(path), source=str(path))
 
 
 def save_codes_npy(path: str | Path, codes: np.ndarray) -> None:
@@ -389,6 +503,7 @@ def _split(data: bytes, source: str) -> tuple[bytes, bytes, int]:
     data = bytes(data) if not isinstance(data, bytes) else data
     _check_prefix(data[:PREFIX_SIZE], source)
     _, _, _, head_len, payload_len, crc = PREFIX.unpack_from(data)
+    _check_header_length(head_len, source)
     total = PREFIX_SIZE + head_len + payload_len
     if len(data) < PREFIX_SIZE + head_len:
         raise VoxtokError(f"{source}: truncated: header cut at {len(data)} of {PREFIX_SIZE + head_len} bytes")
@@ -425,6 +540,12 @@ def _check_prefix(prefix: bytes, source: str) -> None:
         )
 
 
+def _check_header_length(head_len: int, source: str) -> None:
+    if head_len > MAX_HEADER_BYTES:
+        raise VoxtokError(f"{source}: corrupt: the prefix announces a {head_len}-byte header "
+                          f"(at most {MAX_HEADER_BYTES})")
+
+
 def _parse_header(head: bytes, source: str) -> TokenHeader:
     try:
         return TokenHeader.from_json(head)
@@ -441,7 +562,8 @@ def _check_payload_size(header: TokenHeader, payload_len: int, source: str) -> N
         )
 
 
-def _read_bytes(path: str | Path) -> bytes:
+def read_bytes(path: str | Path) -> bytes:
+    """A file's bytes, with the one-line errors of the reader (missing, not a file, unreadable)."""
     path = Path(path)
     _check_readable(path)
     try:

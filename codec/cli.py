@@ -45,6 +45,21 @@ def main(argv: list[str] | None = None) -> int:
         # Output piped into `head` and the like: stop quietly, as other Unix tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except MemoryError:
+        print("voxtok: error: out of memory", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a file-system failure no command turned into a VoxtokError of its own
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"voxtok: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        # A bug, not bad input: still one line for the user; VOXTOK_DEBUG=1 shows the traceback for a report.
+        if os.environ.get("VOXTOK_DEBUG"):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"voxtok: internal error: {type(exc).__name__}: {first} (VOXTOK_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        return 70
 
 
 if __name__ == "__main__":

@@ -6,13 +6,14 @@ the one-shot result; batches of files are padded at the end only, which a causal
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from codec.audio import is_silent
-from codec.binary import TokenHeader, decode_vtok, encode_vtok
+from codec.audio import audio_duration, is_silent, iter_audio, load_audio, save_audio_blocks
+from codec.binary import ModelTokens, TokenHeader, decode_vtok, encode_vtok
 from codec.errors import VoxtokError
 from codec.model import VoxtokCodec
 
@@ -90,9 +91,86 @@ def decode_codes(model: VoxtokCodec, codes: np.ndarray, num_samples: int | None 
     return out[:num_samples] if num_samples is not None else out
 
 
+@torch.inference_mode()
+def encode_blocks(model: VoxtokCodec, blocks: Iterable[np.ndarray], num_quantizers: int | None = None,
+                  source: str = "audio") -> tuple[np.ndarray, int]:
+    """Codes for audio that arrives in blocks (a long file read piece by piece), through the streaming encoder:
+    memory does not grow with duration and the codes equal encode_samples on the whole signal.
+    Returns (codes [n_q, frames], number of samples)."""
+    n_q = num_quantizers or model.config.num_quantizers
+    parts, num_samples, energy = [], 0, 0.0
+    with model.streaming(1, n_q):
+        for block in blocks:
+            block = np.ascontiguousarray(block, dtype=np.float32)
+            if not np.isfinite(block).all():
+                raise VoxtokError(f"{source}: audio contains NaN or infinite samples")
+            num_samples += len(block)
+            energy += float(np.square(block, dtype=np.float64).sum())
+            parts.append(model.encode_chunk(torch.from_numpy(block)[None, None]))
+        parts.append(model.flush_encoder())
+    if num_samples == 0:
+        raise VoxtokError(f"{source}: audio is empty")
+    if np.sqrt(energy / num_samples) < SILENCE_RMS:
+        raise VoxtokError(f"{source}: audio is silent (nothing above -90 dBFS)")
+    return torch.cat(parts, dim=-1)[0].numpy(), num_samples
+
+
+def encode_file(model: VoxtokCodec, path: str | Path, num_quantizers: int | None = None) -> tuple[np.ndarray, int]:
+    """Codes for an audio file of any length and format: files up to STREAM_ABOVE_SECONDS are read whole, longer
+    ones block by block. Returns (codes [n_q, frames], number of samples at the model's rate)."""
+    sr = model.config.sample_rate
+    if audio_duration(path) <= STREAM_ABOVE_SECONDS:
+        samples = load_audio(path, sr)
+        check_encodable(samples, str(path))
+        return encode_samples(model, samples, num_quantizers), len(samples)
+    return encode_blocks(model, iter_audio(path, sr), num_quantizers, source=str(path))
+
+
+def iter_decoded(model: VoxtokCodec, codes: np.ndarray, num_samples: int | None = None) -> Iterator[np.ndarray]:
+    """decode_codes in pieces of STREAM_CHUNK_SECONDS through the streaming decoder, for writing long files
+    without holding them: the concatenated pieces equal decode_codes (within the streaming tolerance)."""
+    codes_t = torch.from_numpy(np.asarray(codes, dtype=np.int64))[None]
+    step = max(1, int(STREAM_CHUNK_SECONDS * model.config.frame_rate))
+    remaining = num_samples if num_samples is not None else None
+    with model.streaming(1, codes_t.shape[1]):
+        for start in range(0, codes_t.shape[-1] + 1, step):
+            with torch.inference_mode():
+                if start < codes_t.shape[-1]:
+                    out = model.decode_chunk(codes_t[..., start:start + step])
+                else:
+                    out = model.flush_decoder()
+            piece = out[0, 0].float().numpy()
+            if remaining is not None:
+                piece = piece[:remaining]
+                remaining -= len(piece)
+            yield piece
+
+
+def decode_to_file(model: VoxtokCodec, codes: np.ndarray, path: str | Path, num_samples: int | None = None) -> None:
+    """Decode codes straight into a .wav/.flac, written piece by piece and renamed into place at the end."""
+    save_audio_blocks(path, iter_decoded(model, codes, num_samples), model.config.sample_rate)
+
+
+def model_tokens(model: VoxtokCodec) -> ModelTokens:
+    """The header fields a .vtok file must carry for this model to decode it."""
+    cfg = model.config
+    return ModelTokens(model_id=model.model_id, config_hash=cfg.config_hash(), sample_rate=cfg.sample_rate,
+                       frame_rate=cfg.frame_rate, codebook_size=cfg.codebook_size,
+                       max_codebooks=cfg.num_quantizers)
+
+
+def read_tokens(model: VoxtokCodec, data: bytes, source: str = "vtok data") -> tuple[TokenHeader, np.ndarray]:
+    """.vtok bytes -> (header, codes), every header field checked against the model before unpacking."""
+    header, codes = decode_vtok(data, expect=model_tokens(model), source=source)
+    check_codes(model, codes, source)
+    return header, codes
+
+
 def check_codes(model: VoxtokCodec, codes: np.ndarray, source: str = "codes") -> None:
     if codes.ndim != 2:
         raise VoxtokError(f"{source}: codes must be [codebooks, frames], got shape {codes.shape}")
+    if codes.shape[1] == 0:
+        raise VoxtokError(f"{source}: holds no frames, there is nothing to decode")
     if not 1 <= codes.shape[0] <= model.config.num_quantizers:
         raise VoxtokError(f"{source}: {codes.shape[0]} codebooks, this model has 1..{model.config.num_quantizers}")
     if codes.size and (codes.min() < 0 or codes.max() >= model.config.codebook_size):
@@ -107,9 +185,14 @@ def make_header(model: VoxtokCodec, codes: np.ndarray, num_samples: int) -> Toke
                        num_frames=int(codes.shape[1]))
 
 
+SILENCE_RMS = 10 ** (-90.0 / 20)
+
+
 def check_encodable(samples: np.ndarray, source: str = "audio") -> None:
     if samples.size == 0:
         raise VoxtokError(f"{source}: audio is empty")
+    if not np.isfinite(samples).all():
+        raise VoxtokError(f"{source}: audio contains NaN or infinite samples")
     if is_silent(samples, threshold_db=-90.0):
         raise VoxtokError(f"{source}: audio is silent (nothing above -90 dBFS)")
 
@@ -128,7 +211,5 @@ def compress(model: VoxtokCodec, samples: np.ndarray, sample_rate: int,
 
 def decompress(model: VoxtokCodec, data: bytes, source: str = "vtok data") -> tuple[np.ndarray, int]:
     """.vtok bytes -> (mono float32 samples, sample rate); refuses files made by another model."""
-    header, codes = decode_vtok(data, expect_model_id=model.model_id,
-                                expect_config_hash=model.config.config_hash(), source=source)
-    check_codes(model, codes, source)
+    header, codes = read_tokens(model, data, source)
     return decode_codes(model, codes, header.num_samples), header.sample_rate

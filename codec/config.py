@@ -56,6 +56,22 @@ class CodecConfig:
         return self.hop_length + self.window - self.subframe
 
     def validate(self) -> None:
+        """Types and sane bounds for every field, checked before a model is built from them: a config.json from
+        elsewhere must not be able to make voxtok allocate gigabytes or divide by zero."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            kind = _FIELD_TYPES[f.type]
+            ok = isinstance(value, kind) and not isinstance(value, bool)
+            if kind is float:
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not ok:
+                raise ValueError(f"{f.name} must be {kind.__name__}, got {value!r}")
+            if f.name in _BOUNDS:
+                low, high = _BOUNDS[f.name]
+                if not low <= value <= high:
+                    raise ValueError(f"{f.name} must be in [{low}, {high}], got {value!r}")
+        if not self.name or len(self.name) > 128:
+            raise ValueError("name must be 1 to 128 characters")
         if self.hop_length % self.subframe or self.window % self.subframe:
             raise ValueError("hop_length and window must be multiples of subframe")
         if self.window < self.subframe:
@@ -66,6 +82,8 @@ class CodecConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> CodecConfig:
+        if not isinstance(data, dict):
+            raise ValueError("the codec config must be a JSON object")
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -85,3 +103,28 @@ class CodecConfig:
         """Short hash of everything that changes which codes mean what (not the name)."""
         data = {k: v for k, v in self.to_dict().items() if k != "name"}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
+_FIELD_TYPES = {"str": str, "int": int, "float": float}
+# Inclusive bounds: generous for any speech codec this design can describe, tight enough that no config can ask
+# for a model too large to build (the parameter count is checked again before the weights are allocated).
+_BOUNDS = {
+    "sample_rate": (8000, 96000),
+    "hop_length": (8, 8192),
+    "subframe": (1, 8192),
+    "window": (1, 16384),
+    "enc_sub_dim": (1, 2048),
+    "enc_sub_layers": (0, 64),
+    "enc_dim": (1, 4096),
+    "enc_layers": (0, 64),
+    "latent_dim": (1, 4096),
+    "dec_dim": (1, 4096),
+    "dec_layers": (0, 64),
+    "mlp_ratio": (0.1, 16.0),
+    "kernel_size": (1, 63),
+    "num_quantizers": (1, 64),
+    "codebook_size": (2, 65536),
+    "codebook_decay": (0.0, 1.0),
+    "dead_code_threshold": (0.0, 1e6),
+    "kmeans_iters": (0, 1000),
+}

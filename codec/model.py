@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from codec.config import CodecConfig
@@ -27,6 +27,9 @@ from codec.quantization import ResidualQuantizer
 
 # Codebook EMA statistics: needed to keep training, not to encode or decode.
 TRAINING_ONLY_BUFFERS = ("._codebook.embed_avg", "._codebook.cluster_size")
+# A model folder from elsewhere is refused above this size before anything is allocated (the shipped model has
+# 7.3 M parameters; 200 M float32 parameters are 800 MB).
+MAX_PARAMETERS = 200_000_000
 
 
 def half_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -232,21 +235,72 @@ class VoxtokCodec(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> VoxtokCodec:
+        """Load a model folder. Everything in it is checked before use, each failure one VoxtokError: the config's
+        types and bounds, the model's size (counted on the meta device, allocating nothing), each tensor's name,
+        dtype and shape (from the safetensors header), and that every weight is finite."""
         directory = Path(directory)
         weights, config_path = directory / "model.safetensors", directory / "config.json"
         if not weights.is_file() or not config_path.is_file():
             raise VoxtokError(f"{directory}: not a voxtok model (needs config.json and model.safetensors)")
-        model = cls(CodecConfig.load(config_path))
-        state = load_file(str(weights), device=str(device))
-        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.endswith(TRAINING_ONLY_BUFFERS)]
-        if missing or unexpected:
-            raise VoxtokError(f"{directory}: weights do not match config.json "
-                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        try:
+            config = CodecConfig.load(config_path)
+        except (OSError, UnicodeDecodeError, ValueError, TypeError) as exc:
+            raise VoxtokError(f"{config_path}: not a valid codec config ({_first_line(exc)})") from None
+        with torch.device("meta"):
+            skeleton = cls(config)
+        size = sum(p.numel() for p in skeleton.parameters())
+        if size > MAX_PARAMETERS:
+            raise VoxtokError(f"{config_path}: describes a model of {size:,} parameters, "
+                              f"more than voxtok loads ({MAX_PARAMETERS:,})")
+        expected = {k: v for k, v in skeleton.state_dict().items()}
+        state = _load_checked(weights, expected, device)
+        model = cls(config)
+        model.load_state_dict(state, strict=False)
         model.to(device)
         model.eval()
         model.use_exact_encoder()
         if not model.quantizer.initialized():
             raise VoxtokError(f"{directory}: codebooks were never initialised (an untrained checkpoint)")
         return model
+
+
+def _load_checked(weights: Path, expected: dict[str, torch.Tensor], device: str | torch.device
+                  ) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, refused unless names, shapes and dtypes match `expected` (read from the
+    file's header, before any tensor is loaded) and every floating value is finite."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt", device=str(device)) as f:
+            names = set(f.keys())
+            missing = [k for k in expected if k not in names and not k.endswith(TRAINING_ONLY_BUFFERS)]
+            unexpected = sorted(names - set(expected))
+            if missing or unexpected:
+                raise VoxtokError(f"{weights}: weights do not match config.json "
+                                  f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+            for name in sorted(names):
+                shape = list(f.get_slice(name).get_shape())
+                if shape != list(expected[name].shape):
+                    raise VoxtokError(f"{weights}: tensor {name} has shape {shape}, "
+                                      f"config.json needs {list(expected[name].shape)}")
+            state = {}
+            for name in sorted(names):
+                tensor = f.get_tensor(name)
+                if tensor.is_floating_point() != expected[name].is_floating_point():
+                    raise VoxtokError(f"{weights}: tensor {name} has dtype {tensor.dtype}, "
+                                      f"expected {expected[name].dtype}")
+                if tensor.is_floating_point():
+                    tensor = tensor.float()
+                    if not torch.isfinite(tensor).all():
+                        raise VoxtokError(f"{weights}: tensor {name} holds NaN or infinite values")
+                state[name] = tensor
+    except VoxtokError:
+        raise
+    except Exception as exc:  # safetensors raises its own error types (and OSError) for damaged files
+        raise VoxtokError(f"{weights}: not a readable safetensors file ({_first_line(exc)})") from None
+    return state
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -21,31 +21,30 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from codec.audio import save_audio
-    from codec.binary import load_codes_npy
-    from codec.compress import check_codes, decode_codes, decompress, load_codec
+    from codec.binary import load_codes_npy, read_bytes
+    from codec.compress import check_codes, decode_to_file, load_codec, read_tokens
     from codec.errors import VoxtokError
-    from codec.inputs import collect_inputs, output_path
+    from codec.inputs import collect_inputs, plan_outputs
 
-    model = load_codec(args.model)
+    suffix = "." + args.audio_format
     items = collect_inputs(args.inputs, {".vtok", ".npy"})
-    single = len(items) == 1
+    plan = plan_outputs(items, Path(args.output), suffix, {".wav", ".flac"})
+    model = load_codec(args.model)
+    single = len(plan) == 1
     failures = 0
-    for src, rel in tqdm(items, unit="file", disable=args.quiet or single, leave=False):
-        dest = output_path(Path(args.output), rel, "." + args.audio_format, single)
+    for src, dest in tqdm(plan, unit="file", disable=args.quiet or single, leave=False):
         try:
-            if not src.is_file():
-                raise VoxtokError(f"{src}: no such file")
             if src.suffix == ".npy":
                 codes = load_codes_npy(src)
                 check_codes(model, codes, str(src))
-                samples, sr = decode_codes(model, codes), model.config.sample_rate
+                num_samples = None
             else:
-                samples, sr = decompress(model, src.read_bytes(), source=str(src))
-            save_audio(dest, samples, sr)
+                header, codes = read_tokens(model, read_bytes(src), source=str(src))
+                num_samples = header.num_samples
+            decode_to_file(model, codes, dest, num_samples)
         except VoxtokError as exc:
             failures += 1
             tqdm.write(f"voxtok: error: {exc}", file=sys.stderr)
     if failures and not single:
-        print(f"voxtok: {failures} of {len(items)} files failed", file=sys.stderr)
+        print(f"voxtok: {failures} of {len(plan)} files failed", file=sys.stderr)
     return 1 if failures else 0

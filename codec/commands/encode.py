@@ -23,77 +23,88 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from codec.audio import load_audio
+    from codec.audio import atomic_write, audio_duration, load_audio
     from codec.binary import encode_vtok, save_codes_npy
     from codec.compress import (
         STREAM_ABOVE_SECONDS,
         check_encodable,
         encode_batch,
-        encode_samples,
+        encode_file,
         load_codec,
         make_header,
     )
     from codec.errors import VoxtokError
-    from codec.inputs import AUDIO_SUFFIXES, collect_inputs, output_path
+    from codec.inputs import AUDIO_SUFFIXES, collect_inputs, plan_outputs
 
+    if args.batch_size < 1:
+        raise VoxtokError(f"--batch-size must be at least 1, got {args.batch_size}")
+    suffix = "." + args.format
+    items = collect_inputs(args.inputs, AUDIO_SUFFIXES)
+    # Every destination is planned (and checked against the inputs and each other) before the model loads.
+    plan = plan_outputs(items, Path(args.output), suffix, {suffix})
     model = load_codec(args.model)
     n_q = model.num_quantizers_for(args.bitrate)
     sr = model.config.sample_rate
-    items = collect_inputs(args.inputs, AUDIO_SUFFIXES)
-    out_root = Path(args.output)
-    suffix = "." + args.format
-    single = len(items) == 1
+    single = len(plan) == 1
     failures = 0
 
     def write(dest: Path, codes, num_samples: int) -> None:
         if args.format == "npy":
             save_codes_npy(dest, codes)
         else:
-            from codec.audio import atomic_write
-
             data = encode_vtok(make_header(model, codes, num_samples), codes)
             atomic_write(dest, lambda tmp: Path(tmp).write_bytes(data))
 
-    # Read each file, then encode short ones in padded batches of similar length and long ones alone
-    # (streamed); a failure on one file is reported and the rest go on.
-    bar = tqdm(total=len(items), unit="file", disable=args.quiet or single, leave=False)
-    pending: list[tuple[Path, object]] = []
+    # Read each file, then encode short ones in padded batches of similar length and long ones alone (streamed
+    # block by block, so memory does not grow with duration); a failure on one file is reported and the rest go on.
+    bar = tqdm(total=len(plan), unit="file", disable=args.quiet or single, leave=False)
+    pending: list[tuple[Path, Path, object]] = []
+
+    def report(src: Path, exc: VoxtokError) -> None:
+        nonlocal failures
+        failures += 1
+        tqdm.write(f"voxtok: error: {exc}", file=sys.stderr)
 
     def flush() -> None:
         if not pending:
             return
-        codes_list = encode_batch(model, [s for _, s in pending], n_q)
-        for (dest, samples), codes in zip(pending, codes_list):
-            write(dest, codes, len(samples))
+        codes_list = encode_batch(model, [s for _, _, s in pending], n_q)
+        for (src, dest, samples), codes in zip(pending, codes_list):
+            try:
+                write(dest, codes, len(samples))
+            except VoxtokError as exc:
+                report(src, exc)
         bar.update(len(pending))
         pending.clear()
 
-    # Sorting by size groups similar lengths, so padding wastes little compute.
-    order = sorted(items, key=lambda it: it[0].stat().st_size if it[0].is_file() else 0)
-    for src, rel in order:
-        dest = output_path(out_root, rel, suffix, single)
+    def size_of(path: Path) -> int:
         try:
-            samples = load_audio(src, sr)
-            check_encodable(samples, str(src))
-            if len(samples) > STREAM_ABOVE_SECONDS * sr or args.batch_size <= 1:
-                write(dest, encode_samples(model, samples, n_q), len(samples))
+            return path.stat().st_size
+        except OSError:
+            return 0
+
+    # Sorting by size groups similar lengths, so padding wastes little compute.
+    for src, dest in sorted(plan, key=lambda it: size_of(it[0])):
+        try:
+            if audio_duration(src) > STREAM_ABOVE_SECONDS or args.batch_size <= 1:
+                write(dest, *encode_file(model, src, n_q))
                 bar.update(1)
             else:
-                pending.append((dest, samples))
+                samples = load_audio(src, sr)
+                check_encodable(samples, str(src))
+                pending.append((src, dest, samples))
                 if len(pending) >= args.batch_size:
                     flush()
         except VoxtokError as exc:
-            failures += 1
+            report(src, exc)
             bar.update(1)
-            tqdm.write(f"voxtok: error: {exc}", file=sys.stderr)
     flush()
     bar.close()
     if failures:
-        if single:
-            return 1
-        print(f"voxtok: {failures} of {len(items)} files failed", file=sys.stderr)
+        if not single:
+            print(f"voxtok: {failures} of {len(plan)} files failed", file=sys.stderr)
         return 1
     if not args.quiet:
-        print(f"encoded {len(items)} file(s) at {n_q * model.config.kbps_per_codebook:g} kbps "
-              f"({n_q} codebooks) -> {out_root}", file=sys.stderr)
+        print(f"encoded {len(plan)} file(s) at {n_q * model.config.kbps_per_codebook:g} kbps "
+              f"({n_q} codebooks) -> {args.output}", file=sys.stderr)
     return 0

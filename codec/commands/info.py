@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="print the header of .vtok token files",
         description="Print each .vtok file's header, size, true bitrate (file size / duration) and CRC.",
     )
-    parser.add_argument("files", nargs="+", metavar="FILE", help=".vtok token files")
+    parser.add_argument("files", nargs="+", metavar="FILE", help=".vtok token files or folders (searched recursively)")
     parser.add_argument("--json", action="store_true", help="one JSON object per file and line")
     parser.set_defaults(func=run)
 
@@ -25,9 +25,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from codec.binary import summarize_file
     from codec.errors import VoxtokError
+    from codec.inputs import collect_inputs
 
     failed = 0
-    for index, name in enumerate(args.files):
+    names = [str(path) for path, _ in collect_inputs(args.files, {".vtok"})]
+    for index, name in enumerate(names):
         try:
             summary = summarize_file(name)
         except VoxtokError as exc:

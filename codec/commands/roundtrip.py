@@ -18,29 +18,33 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
     import time
+    from pathlib import Path
 
-    from codec.audio import load_audio, save_audio
+    from codec.audio import check_audio_output, load_audio, save_audio
     from codec.compress import compress, decompress, load_codec
-    from codec.eval.metrics import si_sdr
+    from codec.inputs import check_not_inputs
 
+    source, output = Path(args.input), Path(args.output)
+    check_audio_output(output)
+    check_not_inputs([source], [output])
     model = load_codec(args.model)
     sr = model.config.sample_rate
-    ref = load_audio(args.input, sr)
+    ref = load_audio(source, sr)
     start = time.perf_counter()
     data = compress(model, ref, sr, args.bitrate)
     encoded = time.perf_counter()
     decoded, _ = decompress(model, data)
     done = time.perf_counter()
-    save_audio(args.output, decoded, sr)
     seconds = len(ref) / sr
     figures = {
         "input": args.input, "output": args.output, "duration_s": round(seconds, 3), "bytes": len(data),
         "kbps": round(8 * len(data) / seconds / 1000, 3),
-        "encode_x_realtime": round(seconds / (encoded - start), 1),
-        "decode_x_realtime": round(seconds / (done - encoded), 1),
-        "si_sdr_db": round(si_sdr(ref, decoded[: len(ref)]), 2),
+        "encode_x_realtime": round(seconds / max(encoded - start, 1e-9), 1),
+        "decode_x_realtime": round(seconds / max(done - encoded, 1e-9), 1),
     }
-    figures.update(_optional_metrics(ref, decoded, sr))
+    # Every figure is computed before the output is written, so a failure leaves no file behind.
+    figures.update(_metrics(ref, decoded[: len(ref)]))
+    save_audio(output, decoded, sr)
     if args.json:
         print(json.dumps(figures))
     else:
@@ -50,19 +54,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _optional_metrics(ref, est, sr: int) -> dict:
-    """PESQ-WB and STOI when the eval extra (voxtok[eval]) is installed."""
+def _metrics(ref, est) -> dict:
+    """SI-SDR, and PESQ-WB and STOI when the eval extra (voxtok[eval]) is installed: the same functions as
+    `voxtok eval`. A metric that is undefined for this input (silence, a DC signal, a few samples) is null."""
+    from codec.eval.metrics import pesq_wb, si_sdr, stoi
+
     out = {}
-    try:
-        from pesq import pesq
-
-        out["pesq_wb"] = round(float(pesq(sr, ref, est[: len(ref)], "wb")), 3)
-    except Exception:  # not installed, or PESQ finds no speech
-        pass
-    try:
-        from pystoi import stoi
-
-        out["stoi"] = round(float(stoi(ref, est[: len(ref)], sr)), 3)
-    except Exception:
-        pass
+    for name, metric in (("si_sdr_db", si_sdr), ("pesq_wb", pesq_wb), ("stoi", stoi)):
+        try:
+            out[name] = round(float(metric(ref, est)), 3)
+        # MetricUndefined, ImportError without the extra, and the libraries' own errors on a few samples.
+        except Exception:
+            out[name] = None
     return out
