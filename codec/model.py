@@ -80,16 +80,28 @@ class _StreamState:
 
 
 class VoxtokCodec(nn.Module):
+    """Codec v1: learned filterbank encoder -> RVQ -> ConvNeXt decoder with an iSTFT head. Subclasses (the v2
+    HarmonicCodec) swap the encoder and decoder through make_encoder / make_decoder and keep everything else:
+    bitrates, offline and streaming encode/decode, weights."""
+
+    config_class = CodecConfig
+
     def __init__(self, config: CodecConfig | None = None):
         super().__init__()
-        self.config = config or CodecConfig()
+        self.config = config or self.config_class()
         self.config.validate()
         cfg = self.config
-        self.encoder = Encoder(cfg)
+        self.encoder = self.make_encoder(cfg)
         self.quantizer = ResidualQuantizer(cfg.latent_dim, cfg.num_quantizers, cfg.codebook_size,
                                            cfg.codebook_decay, cfg.dead_code_threshold, cfg.kmeans_iters)
-        self.decoder = Decoder(cfg)
+        self.decoder = self.make_decoder(cfg)
         self._stream: _StreamState | None = None
+
+    def make_encoder(self, cfg: CodecConfig) -> StreamingSequential:
+        return Encoder(cfg)
+
+    def make_decoder(self, cfg: CodecConfig) -> StreamingSequential:
+        return Decoder(cfg)
 
     # ---- bitrates -------------------------------------------------------------------------------
     @property
@@ -243,9 +255,12 @@ class VoxtokCodec(nn.Module):
         if not weights.is_file() or not config_path.is_file():
             raise VoxtokError(f"{directory}: not a voxtok model (needs config.json and model.safetensors)")
         try:
-            config = CodecConfig.load(config_path)
-        except (OSError, UnicodeDecodeError, ValueError, TypeError) as exc:
+            config, model_class = _config_and_class(config_path)
+        except (OSError, UnicodeDecodeError, ValueError, TypeError, RecursionError) as exc:
             raise VoxtokError(f"{config_path}: not a valid codec config ({_first_line(exc)})") from None
+        if not issubclass(model_class, cls):
+            raise VoxtokError(f"{config_path}: describes a {model_class.__name__}, not a {cls.__name__}")
+        cls = model_class
         with torch.device("meta"):
             skeleton = cls(config)
         size = sum(p.numel() for p in skeleton.parameters())
@@ -262,6 +277,29 @@ class VoxtokCodec(nn.Module):
         if not model.quantizer.initialized():
             raise VoxtokError(f"{directory}: codebooks were never initialised (an untrained checkpoint)")
         return model
+
+
+def config_from_dict(data: dict) -> CodecConfig:
+    """A config.json (or a recipe's [model] table) -> the config of the model it describes: `architecture`
+    names the v2 model; v1 configs have no such key (their hash, and so their token files, must not change)."""
+    if isinstance(data, dict) and data.get("architecture") == "harmonic":
+        from codec.harmonic_codec import HarmonicCodecConfig
+
+        return HarmonicCodecConfig.from_dict(data)
+    return CodecConfig.from_dict(data)
+
+
+def model_class_for(config: CodecConfig) -> type[VoxtokCodec]:
+    from codec.harmonic_codec import HarmonicCodec, HarmonicCodecConfig
+
+    return HarmonicCodec if isinstance(config, HarmonicCodecConfig) else VoxtokCodec
+
+
+def _config_and_class(config_path: Path) -> tuple[CodecConfig, type[VoxtokCodec]]:
+    import json
+
+    config = config_from_dict(json.loads(config_path.read_text(encoding="utf-8")))
+    return config, model_class_for(config)
 
 
 def _load_checked(weights: Path, expected: dict[str, torch.Tensor], device: str | torch.device

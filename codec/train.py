@@ -25,13 +25,14 @@ from codec.config import CodecConfig
 from codec.dataset import CropSampler, load_source, read_manifest
 from codec.discriminators import MultiPeriodDiscriminator, MultiResolutionDiscriminator
 from codec.errors import VoxtokError
+from codec.harmonic_codec import HarmonicCodecConfig
 from codec.losses import (
     MultiResolutionMelLoss,
     discriminator_loss,
     feature_matching_loss,
     generator_adversarial_loss,
 )
-from codec.model import VoxtokCodec
+from codec.model import config_from_dict, model_class_for
 
 
 @dataclass
@@ -70,18 +71,28 @@ class TrainConfig:
 
 
 def load_recipe(path: str | Path) -> tuple[CodecConfig, TrainConfig]:
+    """A TOML recipe -> (model config, train config); `architecture = "harmonic"` in [model] selects the v2
+    codec and its regression training (codec.train_harmonic)."""
     recipe = tomllib.loads(Path(path).read_text())
-    model_cfg = CodecConfig.from_dict(recipe.get("model", {}))
+    try:
+        model_cfg = config_from_dict(recipe.get("model", {}))
+    except (ValueError, TypeError) as exc:
+        raise VoxtokError(f"{path}: bad [model] table ({exc})") from None
+    config_class = TrainConfig
+    if isinstance(model_cfg, HarmonicCodecConfig):
+        from codec.train_harmonic import HarmonicTrainConfig
+
+        config_class = HarmonicTrainConfig
     flat: dict = {}
     for table in ("data", "optim", "loss", "train"):
         flat.update(recipe.get(table, {}))
-    known = TrainConfig.__dataclass_fields__
+    known = config_class.__dataclass_fields__
     unknown = set(flat) - set(known)
     if unknown:
         raise VoxtokError(f"{path}: unknown recipe keys {sorted(unknown)}")
     if "betas" in flat:
         flat["betas"] = tuple(flat["betas"])
-    return model_cfg, TrainConfig(**flat)
+    return model_cfg, config_class(**flat)
 
 
 def learning_rate(step: int, base: float, cfg: TrainConfig) -> float:
@@ -137,7 +148,7 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
-        self.model = VoxtokCodec(model_cfg).to(self.device)
+        self.model = model_class_for(model_cfg)(model_cfg).to(self.device)
         self.mpd = MultiPeriodDiscriminator().to(self.device) if cfg.use_period_discriminator else None
         self.mrd = MultiResolutionDiscriminator().to(self.device) if cfg.use_resolution_discriminator else None
         self.discriminators = [d for d in (self.mpd, self.mrd) if d is not None]

@@ -291,7 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--audio", nargs="+", default=None, help="speech files to stream (default: dev speech)")
     parser.add_argument("--seconds", type=float, default=10.0, help="audio per stream and level (default 10)")
     parser.add_argument("--chunk-ms", type=float, default=20.0, help="chunk length (default 20)")
-    parser.add_argument("--max-streams", type=int, default=64, help="largest N tried (default 64)")
+    parser.add_argument("--max-streams", type=int, default=32,
+                        help="largest N (simulated calls) tried (default 32: each call holds an encode and a decode "
+                             "stream, so 32 calls fill a default server's 64 streams)")
     parser.add_argument("--start", type=int, default=1, help="first N (default 1)")
     parser.add_argument("--budget-s", type=float, default=300.0, help="stop searching after this long (default 300)")
     parser.add_argument("--server-threads", type=int, default=2, help="server inference threads (default 2)")
@@ -316,6 +318,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.url:
                 check_loopback(args.url)
                 url = args.url
+                # Never ask a running server for more streams than it admits: each call takes two.
+                room = health(url, timeout=5.0)["max_streams"] // 2
+                if args.max_streams > room:
+                    print(f"the server admits {2 * room} streams: testing at most {room} calls", file=sys.stderr)
+                    args.max_streams = room
             else:
                 # Each simulated stream holds two connections (encode + decode).
                 process, url = _start_server(onnx_dir, args.server_threads, 2 * args.max_streams + 2,

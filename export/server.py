@@ -10,12 +10,18 @@ Every buffer is bounded: a message is at most --max-message-bytes (the websocket
 before reading the payload), each connection queues at most `queue_size` parsed messages and the library
 reads at most `queue_size` more frames, and replies are awaited until the client's socket drains. A client
 that stops reading for `send_timeout` seconds is dropped; so is one that sends nothing for `idle_timeout`.
+
+Admission: a connection holds a stream slot only once its start message has arrived. Until then it is
+"pending": pending connections have their own limits (in all and per client address), and when one more
+arrives the oldest pending one is closed, so connections that never send start cannot keep real clients out.
+An optional shared-secret token and an allowed-origins list guard the stream endpoint (docs/protocol.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import http
 import json
 import logging
@@ -26,12 +32,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import partial
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 from websockets.asyncio.server import ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed, InvalidMessage
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 from codec.errors import VoxtokError
 from export.protocol import (
@@ -61,20 +69,35 @@ log = logging.getLogger("voxtok.serve")
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8765
-    max_streams: int = 32
+    # Streams, i.e. connections that have started; a call that encodes and decodes holds two.
+    max_streams: int = 64
+    # 0: no per-address limit. Behind a reverse proxy every client has the proxy's address, so a default limit
+    # per address would cap the whole service; set one when clients connect directly.
+    max_streams_per_client: int = 0
+    max_pending: int = 64  # connected but no start message yet; one more closes the oldest
+    max_pending_per_client: int = 16
     max_message_bytes: int = 256 * 1024
     threads: int = 2  # inference workers; each graph call itself runs on one thread
     max_batch: int = 16  # streams per graph call; 1 runs every stream alone
     queue_size: int = 4  # parsed messages waiting per connection
-    start_timeout: float = 10.0
+    start_timeout: float = 5.0
     idle_timeout: float = 60.0
     send_timeout: float = 10.0
     close_timeout: float = 5.0
+    token: str | None = None  # shared secret: "Authorization: Bearer TOKEN" or ?token=TOKEN on the stream URL
+    allowed_origins: tuple[str, ...] = ()  # browsers' Origin header must be one of these; empty: any origin
 
     def check(self) -> None:
-        for name in ("max_streams", "threads", "max_batch", "queue_size"):
+        for name in ("max_streams", "max_pending", "max_pending_per_client", "threads", "max_batch", "queue_size"):
             if getattr(self, name) < 1:
                 raise VoxtokError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.max_streams_per_client < 0:
+            raise VoxtokError(f"max-streams-per-client must be 0 (no limit) or more, got {self.max_streams_per_client}")
+        for name in ("start_timeout", "idle_timeout", "send_timeout", "close_timeout"):
+            if not getattr(self, name) > 0:
+                raise VoxtokError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.token is not None and len(self.token) < 8:
+            raise VoxtokError("the token must be at least 8 characters")
         if self.max_message_bytes < 1024:
             raise VoxtokError(f"max-message-bytes must be at least 1024, got {self.max_message_bytes}")
         if not 0 <= self.port <= 65535:
@@ -300,8 +323,11 @@ class CodecServer:
         self.config = config
         self.active = 0
         self.started = time.time()
-        self.totals = {"streams": 0, "refused": 0, "errors": 0}
+        self.totals = {"streams": 0, "refused": 0, "errors": 0, "evicted": 0, "unauthorized": 0}
         self._batchers: dict[str, StepBatcher] = {}
+        # Admission bookkeeping: pending connections in arrival order, and started streams per client address.
+        self._pending: dict[ServerConnection, str] = {}
+        self._streams_by_client: dict[str, int] = {}
 
     async def run(self, stop: asyncio.Event, on_ready: Callable[[int], None] | None = None) -> None:
         """Serve until `stop` is set; on_ready gets the bound port (useful with port 0)."""
@@ -319,6 +345,7 @@ class CodecServer:
             for batcher in self._batchers.values():
                 batcher.start()
             async with serve(self._handle, cfg.host, cfg.port, process_request=self._process_request,
+                             create_connection=_Connection,
                              max_size=cfg.max_message_bytes, max_queue=cfg.queue_size, compression=None,
                              close_timeout=cfg.close_timeout, open_timeout=cfg.start_timeout,
                              logger=logging.getLogger("voxtok.serve.websockets")) as server:
@@ -349,6 +376,7 @@ class CodecServer:
             "sample_rate": self.codec.sample_rate, "frame_size": self.codec.frame_size,
             "num_codebooks": self.codec.num_quantizers, "codebook_size": self.codec.codebook_size,
             "active_streams": self.active, "max_streams": self.config.max_streams,
+            "pending_connections": len(self._pending), "max_pending": self.config.max_pending,
             "max_message_bytes": self.config.max_message_bytes, "threads": self.config.threads,
             "graph_calls": calls, "graph_steps": steps, "mean_batch": round(steps / calls, 2) if calls else None,
             "uptime_s": round(time.time() - self.started, 1), **self.totals,
@@ -364,18 +392,70 @@ class CodecServer:
         if path != STREAM_PATH:
             return connection.respond(http.HTTPStatus.NOT_FOUND,
                                       f"not found: streams go to {STREAM_PATH}, health to {HEALTH_PATH}\n")
+        origin = request.headers.get("Origin")
+        if self.config.allowed_origins and origin is not None and origin not in self.config.allowed_origins:
+            self.totals["unauthorized"] += 1
+            return connection.respond(http.HTTPStatus.FORBIDDEN, f"origin {origin} is not allowed\n")
+        if self.config.token is not None and not self._authorized(request):
+            self.totals["unauthorized"] += 1
+            response = connection.respond(http.HTTPStatus.UNAUTHORIZED,
+                                          "a token is required: Authorization: Bearer TOKEN, or ?token=TOKEN\n")
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return response
         return None
 
+    def _authorized(self, request: Request) -> bool:
+        expected = self.config.token.encode()
+        header = request.headers.get("Authorization", "")
+        offered = [header[7:]] if header.startswith("Bearer ") else []
+        offered += parse_qs(urlsplit(request.path).query).get("token", [])
+        # compare_digest: the time taken does not say how much of a guess was right.
+        return any(hmac.compare_digest(value.encode(), expected) for value in offered)
+
+    async def _admit_pending(self, ws: ServerConnection) -> None:
+        """Count a new connection as pending; past a pending limit, close the oldest pending connection (of the
+        same client address for the per-client limit), never a started stream."""
+        client = _client(ws)
+        self._pending[ws] = client
+        same_client = [c for c, address in self._pending.items() if address == client]
+        victims = []
+        if len(same_client) > self.config.max_pending_per_client:
+            victims.append(same_client[0])
+        elif len(self._pending) > self.config.max_pending:
+            victims.append(next(iter(self._pending)))
+        for victim in victims:
+            self._pending.pop(victim, None)
+            self.totals["evicted"] += 1
+            # Closing it makes its pending recv() fail, which ends that handler the ordinary way.
+            asyncio.create_task(self._fail(victim, ProtocolError(
+                "start_timeout", "closed before a start message arrived: too many connections are waiting"),
+                CLOSE_BUSY))
+
     async def _handle(self, ws: ServerConnection) -> None:
-        if self.active >= self.config.max_streams:
-            self.totals["refused"] += 1
-            await self._fail(ws, ProtocolError("too_many_streams", f"the server is at its limit of "
-                                               f"{self.config.max_streams} streams; try again later"), CLOSE_BUSY)
-            return
-        self.active += 1
-        self.totals["streams"] += 1
+        await self._admit_pending(ws)
+        counted = False
+        client = _client(ws)
         try:
-            await self._stream(ws)
+            try:
+                spec = await self._receive_start(ws)
+            except ProtocolError as err:
+                await self._fail(ws, err)
+                return
+            finally:
+                self._pending.pop(ws, None)
+            limit = self.config.max_streams_per_client
+            if self.active >= self.config.max_streams or (limit and self._streams_by_client.get(client, 0) >= limit):
+                self.totals["refused"] += 1
+                which = (f"the server is at its limit of {self.config.max_streams} streams"
+                         if self.active >= self.config.max_streams
+                         else f"this client address is at its limit of {limit} streams")
+                await self._fail(ws, ProtocolError("too_many_streams", f"{which}; try again later"), CLOSE_BUSY)
+                return
+            self.active += 1
+            self._streams_by_client[client] = self._streams_by_client.get(client, 0) + 1
+            counted = True
+            self.totals["streams"] += 1
+            await self._stream(ws, spec)
         except ConnectionClosed:
             log.info("%s: client went away", _peer(ws))
         except _SlowClient:
@@ -387,14 +467,13 @@ class CodecServer:
             log.exception("%s: internal error", _peer(ws))
             await self._fail(ws, ProtocolError("internal_error", "the server failed on this stream"), CLOSE_INTERNAL)
         finally:
-            self.active -= 1
+            if counted:
+                self.active -= 1
+                self._streams_by_client[client] -= 1
+                if not self._streams_by_client[client]:
+                    del self._streams_by_client[client]
 
-    async def _stream(self, ws: ServerConnection) -> None:
-        try:
-            spec = await self._receive_start(ws)
-        except ProtocolError as err:
-            await self._fail(ws, err)
-            return
+    async def _stream(self, ws: ServerConnection, spec: StreamSpec) -> None:
         if spec.mode == "encode":
             session: _EncodeStream | _DecodeStream = _EncodeStream(self.codec, self._batchers["encode"],
                                                                    spec.num_codebooks)
@@ -537,6 +616,28 @@ async def _cancel(task: asyncio.Task) -> None:
         await asyncio.wait({task}, timeout=0.5)
     with contextlib.suppress(asyncio.CancelledError, Exception):
         task.result()
+
+
+class _Connection(ServerConnection):
+    """The websockets connection, plus the HTTP 400 the protocol documents for bytes that are not an HTTP request
+    (the library closes such a connection without a reply)."""
+
+    def data_received(self, data: bytes) -> None:
+        protocol = self.protocol
+        if protocol.state is State.CONNECTING and protocol.handshake_exc is None:
+            protocol.receive_data(data)
+            if isinstance(protocol.handshake_exc, InvalidMessage):
+                body = b"not an HTTP request: streams are WebSocket connections to " + STREAM_PATH.encode() + b"\n"
+                headers = Headers([("Connection", "close"), ("Content-Type", "text/plain; charset=utf-8"),
+                                   ("Content-Length", str(len(body)))])
+                self.transport.write(Response(400, "Bad Request", headers, body).serialize())
+            data = b""  # already fed; what follows writes the library's replies and handles its events
+        super().data_received(data)
+
+
+def _client(ws: ServerConnection) -> str:
+    address = ws.remote_address
+    return str(address[0]) if address else "unknown"
 
 
 async def _abort(ws: ServerConnection) -> None:

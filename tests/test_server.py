@@ -155,11 +155,12 @@ async def _garbage_before_start(server):
 
 
 async def _raw_tcp_garbage(server):
-    # Not HTTP at all (here a TLS hello and noise): the server just closes the connection.
+    # Not HTTP at all (here a TLS hello and noise): the documented HTTP 400, then the connection closes.
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     writer.write(b"\x16\x03\x01\x00\xff" + os.urandom(300) + b"\r\n\r\n")
     await writer.drain()
-    assert await asyncio.wait_for(reader.read(), 10) == b""
+    reply = await asyncio.wait_for(reader.read(), 10)
+    assert reply.startswith(b"HTTP/1.1 400 Bad Request\r\n") and reply.endswith(b"/v1/stream\n")
     writer.close()
     # HTTP without the WebSocket upgrade: refused by the handshake with a 4xx answer.
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)

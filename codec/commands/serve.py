@@ -12,8 +12,9 @@ import sys
 
 # The server's defaults (export.server.ServerConfig), repeated here so `voxtok --help` needs no websockets import;
 # tests/test_server.py checks that they agree.
-DEFAULTS = {"host": "127.0.0.1", "port": 8765, "max_streams": 32, "max_message_bytes": 256 * 1024, "threads": 2,
-            "max_batch": 16, "idle_timeout": 60.0}
+DEFAULTS = {"host": "127.0.0.1", "port": 8765, "max_streams": 64, "max_streams_per_client": 0, "max_pending": 64,
+            "max_pending_per_client": 16, "max_message_bytes": 256 * 1024, "threads": 2, "max_batch": 16,
+            "start_timeout": 5.0, "idle_timeout": 60.0}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,7 +26,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help="model to export into the cache when --onnx is not given")
     p.add_argument("--int8", action="store_true", help="use the INT8 graphs")
     p.add_argument("--max-streams", type=int, default=d["max_streams"],
-                   help=f"concurrent streams; more are refused (default {d['max_streams']})")
+                   help=f"concurrent started streams; more are refused (default {d['max_streams']}; a call that "
+                        "encodes and decodes takes two)")
+    p.add_argument("--max-streams-per-client", type=int, default=d["max_streams_per_client"],
+                   help="started streams per client address (default 0: no limit, as behind a reverse proxy "
+                        "every client has the proxy's address)")
+    p.add_argument("--max-pending", type=int, default=d["max_pending"],
+                   help=f"connections still waiting to send start; one more closes the oldest "
+                        f"(default {d['max_pending']})")
+    p.add_argument("--max-pending-per-client", type=int, default=d["max_pending_per_client"],
+                   help=f"the same per client address (default {d['max_pending_per_client']})")
+    p.add_argument("--start-timeout", type=float, default=d["start_timeout"],
+                   help=f"close a connection that sends no start within this many seconds "
+                        f"(default {d['start_timeout']:g})")
+    p.add_argument("--token", default=None,
+                   help="require this shared secret (Authorization: Bearer TOKEN or ?token=TOKEN); default "
+                        "$VOXTOK_SERVE_TOKEN, else none")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="accept browser connections only from this Origin (repeatable; default: any)")
     p.add_argument("--max-message-bytes", type=int, default=d["max_message_bytes"],
                    help=f"largest message accepted (default {d['max_message_bytes']})")
     p.add_argument("--threads", type=int, default=d["threads"],
@@ -51,11 +69,15 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise VoxtokError(f"voxtok serve needs the serve extra ({exc}); pip install 'voxtok[serve]'") from None
 
-    if args.idle_timeout <= 0:
-        raise VoxtokError(f"--idle-timeout must be positive, got {args.idle_timeout}")
+    import os
+
     config = ServerConfig(host=args.host, port=args.port, max_streams=args.max_streams,
+                          max_streams_per_client=args.max_streams_per_client, max_pending=args.max_pending,
+                          max_pending_per_client=args.max_pending_per_client,
                           max_message_bytes=args.max_message_bytes, threads=args.threads,
-                          max_batch=args.max_batch, idle_timeout=args.idle_timeout)
+                          max_batch=args.max_batch, start_timeout=args.start_timeout, idle_timeout=args.idle_timeout,
+                          token=args.token or os.environ.get("VOXTOK_SERVE_TOKEN") or None,
+                          allowed_origins=tuple(args.allow_origin))
     config.check()
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s",
                         stream=sys.stderr)

@@ -25,6 +25,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from codec.errors import VoxtokError
+    from codec.harmonic_codec import HarmonicCodecConfig
     from codec.train import Trainer, load_recipe
 
     if not Path(args.recipe).is_file():
@@ -38,7 +39,12 @@ def run(args: argparse.Namespace) -> int:
         cfg.threads = args.threads
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise VoxtokError("--device cuda asked for, but torch sees no CUDA device")
-    trainer = Trainer(model_cfg, cfg, device=args.device, progress=not args.no_progress)
+    trainer_class = Trainer
+    if isinstance(model_cfg, HarmonicCodecConfig):
+        from codec.train_harmonic import HarmonicTrainer
+
+        trainer_class = HarmonicTrainer
+    trainer = trainer_class(model_cfg, cfg, device=args.device, progress=not args.no_progress)
     if args.export:
         if not trainer.load_checkpoint():
             raise VoxtokError(f"{cfg.out_dir}: no checkpoint to export")

@@ -1,0 +1,162 @@
+"""Training the harmonic codec (v2) by regression: every output the decoder makes has a target measured on the
+input, so no discriminator and no waveform loss is needed.
+
+    loss = mel_weight * L1(log-mel bands, analysis of the input)
+         + f0_weight * L1(log2 F0, WORLD's F0) on voiced frames       (an octave error costs f0_weight)
+         + voicing_weight * BCE(voicing, WORLD's voicing decision)
+         + commit_weight * RVQ commitment
+
+The synthesiser is fixed DSP and is not run during training steps (it is in the dev evaluation, through the
+ordinary encode/decode). Checkpoints, resume, logging and the dev evaluation are codec.train.Trainer's.
+WORLD targets come from the cache of codec.data.pitch (computed once per file, ~0.3x real time).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from codec.audio import load_audio
+from codec.data.pitch import cached_world_features
+from codec.dataset import read_manifest
+from codec.harmonic_codec import F0_REFERENCE_HZ, HarmonicCodecConfig
+from codec.modules.harmonic import SynthAnalysis
+from codec.train import TrainConfig, Trainer, learning_rate
+
+
+@dataclass
+class _Clip:
+    samples: np.ndarray  # int16
+    f0: np.ndarray  # [sub-frames] Hz
+    voiced: np.ndarray  # [sub-frames] 0/1
+
+
+class FeatureCropSampler:
+    """Random crops of whole code frames with their WORLD targets, peak-normalised to a random level."""
+
+    def __init__(self, clips: list[_Clip], crop_frames: int, hop: int, subframe: int, seed: int,
+                 gain_db: tuple[float, float] = (-18.0, 0.0)):
+        self.clips = clips
+        self.crop_frames, self.hop, self.subframe = crop_frames, hop, subframe
+        lengths = np.array([len(c.samples) for c in clips], dtype=np.float64)
+        self.p = lengths / lengths.sum()
+        self.gain_db = gain_db
+        self.rng = np.random.default_rng(seed)
+
+    def _crop(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        crop = self.crop_frames * self.hop
+        sub = crop // self.subframe
+        for _ in range(8):
+            clip = self.clips[self.rng.choice(len(self.clips), p=self.p)]
+            frames = len(clip.samples) // self.hop
+            start = self.rng.integers(0, max(1, frames - self.crop_frames + 1)) * self.hop
+            audio = np.zeros(crop, dtype=np.float32)
+            piece = clip.samples[start:start + crop] / 32768.0
+            audio[: len(piece)] = piece
+            first = start // self.subframe
+            f0 = np.full(sub, F0_REFERENCE_HZ, dtype=np.float32)
+            voiced = np.zeros(sub, dtype=np.float32)
+            mask = np.zeros(sub, dtype=np.float32)
+            n = max(0, min(sub, len(clip.f0) - first, len(piece) // self.subframe))
+            f0[:n], voiced[:n], mask[:n] = clip.f0[first:first + n], clip.voiced[first:first + n], 1.0
+            peak = np.abs(audio).max()
+            if peak > 1e-3:
+                break
+        if peak > 1e-3:
+            audio *= 0.95 * 10 ** (self.rng.uniform(*self.gain_db) / 20) / peak
+        return audio, f0, voiced, mask
+
+    def batch(self, batch_size: int) -> tuple[np.ndarray, ...]:
+        crops = [self._crop() for _ in range(batch_size)]
+        audio, f0, voiced, mask = (np.stack(parts) for parts in zip(*crops))
+        return audio[:, None], f0, voiced, mask
+
+
+@dataclass
+class HarmonicTrainConfig(TrainConfig):
+    f0_weight: float = 5.0
+    voicing_weight: float = 1.0
+    mel_weight: float = 1.0
+    pitch_cache: str = "data/cache/world"
+    pitch_method: str = "harvest"
+    # The cache keeps WORLD's D4C aperiodicity in this many bands too (for experiments; v2 uses a fixed curve).
+    pitch_ap_bands: int = 8
+    use_period_discriminator: bool = False
+    use_resolution_discriminator: bool = False
+    adversarial_start: int = 1 << 62
+
+
+class HarmonicTrainer(Trainer):
+    """codec.train.Trainer with regression targets in place of the GAN."""
+
+    def __init__(self, model_cfg: HarmonicCodecConfig, cfg: HarmonicTrainConfig, device: str = "cpu",
+                 progress: bool = True):
+        super().__init__(model_cfg, cfg, device, progress)
+        self.analysis = SynthAnalysis(model_cfg.sample_rate, model_cfg.window, model_cfg.subframe,
+                                      model_cfg.bands).to(self.device)
+
+    def build_data(self) -> None:
+        cfg, mcfg = self.cfg, self.model.config
+        rows = read_manifest(cfg.real_root, cfg.real_split)
+        clips = []
+        for row in tqdm(rows, desc="loading real + pitch targets", disable=not self.progress, leave=False):
+            path = Path(cfg.real_root) / row["path"]
+            samples = load_audio(path, mcfg.sample_rate)
+            feats = cached_world_features(path, row["path"], cfg.pitch_cache, mcfg.sample_rate, mcfg.subframe,
+                                          cfg.pitch_ap_bands, cfg.pitch_method, samples=samples)
+            clips.append(_Clip((np.clip(samples, -1, 1) * 32767).astype(np.int16), feats.f0, feats.voiced))
+        minutes = sum(len(c.samples) for c in clips) / mcfg.sample_rate / 60
+        print(f"data: real: {len(clips)} files, {minutes:.1f} min, with WORLD targets")
+        crop_frames = max(1, int(round(cfg.crop_seconds * mcfg.frame_rate)))
+        self.sampler = FeatureCropSampler(clips, crop_frames, mcfg.hop_length, mcfg.subframe,
+                                          seed=cfg.seed + self.step)
+        dev_rows = read_manifest(cfg.real_root, cfg.dev_split)
+        stride = max(1, len(dev_rows) // max(1, cfg.eval_files))
+        self.dev_rows = dev_rows[::stride][: cfg.eval_files]
+
+    def batch(self) -> torch.Tensor:
+        """Audio only (the quantizer's k-means initialisation asks for this)."""
+        return self.next_batch()[0]
+
+    def next_batch(self) -> tuple[torch.Tensor, ...]:
+        return tuple(torch.from_numpy(a).to(self.device) for a in self.sampler.batch(self.cfg.batch_size))
+
+    def train_step(self) -> dict:
+        cfg, mcfg = self.cfg, self.model.config
+        lr = learning_rate(self.step, cfg.lr, cfg)
+        if self.rewarm_from is not None and self.step - self.rewarm_from < cfg.warmup_steps:
+            lr *= (self.step - self.rewarm_from + 1) / cfg.warmup_steps
+        for group in self.opt_g.param_groups:
+            group["lr"] = lr
+        audio, f0, voiced, mask = self.next_batch()
+        with torch.no_grad():
+            target_mel = self.analysis(audio)
+        latents = self.model.encoder(audio)
+        quantized, _codes, commit = self.model.quantizer(latents)
+        raw = self.model.decoder.raw_parameters(quantized)
+        b = mcfg.bands
+        frame_mask = mask[:, None]
+        mel = ((raw[:, :b] - target_mel).abs() * frame_mask).sum() / (frame_mask.sum() * b).clamp(min=1)
+        voiced_mask = voiced * mask
+        f0_error = (raw[:, b] - torch.log2(f0 / F0_REFERENCE_HZ)).abs()
+        f0_loss = (f0_error * voiced_mask).sum() / voiced_mask.sum().clamp(min=1)
+        voicing = (F.binary_cross_entropy_with_logits(raw[:, b + 1], voiced, reduction="none") * mask).sum()
+        voicing = voicing / mask.sum().clamp(min=1)
+        loss = cfg.mel_weight * mel + cfg.f0_weight * f0_loss + cfg.voicing_weight * voicing
+        loss = loss + cfg.commit_weight * commit
+        self.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
+        self.opt_g.step()
+        with torch.no_grad():
+            cents = 1200 * (f0_error * voiced_mask).sum() / voiced_mask.sum().clamp(min=1)
+            decided = ((raw[:, b + 1] > 0).float() != voiced).float()
+            voicing_error = (decided * mask).sum() / mask.sum().clamp(min=1)
+        return {"mel": mel.item(), "f0_cents": cents.item(), "voicing_bce": voicing.item(),
+                "voicing_error": voicing_error.item(), "commit": commit.item(), "grad_norm": grad_norm,
+                "loss": loss.item()}
