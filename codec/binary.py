@@ -366,7 +366,8 @@ def check_tokens(header: TokenHeader, expect: ModelTokens, source: str) -> None:
     ]
     for what, got, want in mismatches:
         if got != want:
-            raise VoxtokError(f"{source}: header says {what} {got:g}, model {expect.model_id} has {want:g}")
+            raise VoxtokError(f"{source}: header says {what} {_number(got)}, model {expect.model_id} has "
+                              f"{_number(want)}")
     if header.num_codebooks > expect.max_codebooks:
         raise VoxtokError(f"{source}: header says {header.num_codebooks} codebooks, "
                           f"model {expect.model_id} has {expect.max_codebooks}")
@@ -595,6 +596,10 @@ def _check_bits(bits: int) -> None:
 
 def _word_bytes(bits: int) -> int:
     return 1 if bits <= 8 else 2 if bits <= 16 else 4
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def _compact_number(value: float) -> float | int:

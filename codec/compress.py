@@ -107,6 +107,7 @@ def encode_blocks(model: VoxtokCodec, blocks: Iterable[np.ndarray], num_quantize
             num_samples += len(block)
             energy += float(np.square(block, dtype=np.float64).sum())
             parts.append(model.encode_chunk(torch.from_numpy(block)[None, None]))
+            release_freed_memory()
         parts.append(model.flush_encoder())
     if num_samples == 0:
         raise VoxtokError(f"{source}: audio is empty")
@@ -140,6 +141,7 @@ def iter_decoded(model: VoxtokCodec, codes: np.ndarray, num_samples: int | None 
                 else:
                     out = model.flush_decoder()
             piece = out[0, 0].float().numpy()
+            release_freed_memory()
             if remaining is not None:
                 piece = piece[:remaining]
                 remaining -= len(piece)
@@ -149,6 +151,25 @@ def iter_decoded(model: VoxtokCodec, codes: np.ndarray, num_samples: int | None 
 def decode_to_file(model: VoxtokCodec, codes: np.ndarray, path: str | Path, num_samples: int | None = None) -> None:
     """Decode codes straight into a .wav/.flac, written piece by piece and renamed into place at the end."""
     save_audio_blocks(path, iter_decoded(model, codes, num_samples), model.config.sample_rate)
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by the last chunk back to the OS (glibc's malloc_trim). Without it glibc keeps the freed
+    chunk buffers and the process grows by ~1.4 MB per 10 s of audio, so a 2-hour file would grow by ~1 GB
+    although nothing is held. Elsewhere (no glibc) this does nothing."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            import ctypes
+
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None
 
 
 def model_tokens(model: VoxtokCodec) -> ModelTokens:

@@ -451,3 +451,74 @@ def test_loadtest_command_runs_a_server_process(onnx_dir, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "codec.commands.serve", "--onnx", str(onnx_dir), "--max-streams",
                           "0"], capture_output=True, text=True, timeout=60, env=env)
     assert bad.returncode == 1 and bad.stderr.strip() == "voxtok: error: max-streams must be at least 1, got 0"
+
+
+# ---- admission and access control ---------------------------------------------------------------------
+
+def test_idle_connections_do_not_lock_out_a_real_client(codec, speech, offline):
+    """32 connections that never send start (the lock-out attack) hold no stream slot: a real client streams at
+    once, and once more idle connections arrive than the pending limit allows the oldest are closed."""
+    config = ServerConfig(host="127.0.0.1", port=0, max_streams=4, max_pending=16, max_pending_per_client=16,
+                          start_timeout=30.0)
+    with BackgroundServer(codec, config) as small:
+        async def scenario():
+            idle = [await connect(small.url) for _ in range(32)]
+            info = await asyncio.to_thread(health, small.url)
+            codes = await asyncio.to_thread(encode, small.url, speech, SR)
+            closed = 0
+            for ws in idle:
+                try:
+                    await asyncio.wait_for(ws.recv(), 0.2)
+                except (ConnectionClosed, TimeoutError):
+                    pass
+                closed += ws.state.name == "CLOSED"
+                await ws.close()
+            return info, codes, closed
+
+        info, codes, closed = asyncio.run(scenario())
+        assert np.array_equal(codes, offline[0])
+        assert info["active_streams"] == 0 and info["pending_connections"] == 16 and info["evicted"] == 16
+        assert closed >= 16
+
+
+def test_per_client_stream_limit(codec):
+    config = ServerConfig(host="127.0.0.1", port=0, max_streams=8, max_streams_per_client=2)
+    with BackgroundServer(codec, config) as small:
+        async def scenario():
+            first = await StreamClient.open(small.url, "encode", SR)
+            second = await StreamClient.open(small.url, "encode", SR)
+            with pytest.raises(ServerError) as refused:
+                await StreamClient.open(small.url, "encode", SR)
+            await first.close()
+            await second.close()
+            return refused.value
+
+        refused = asyncio.run(scenario())
+        assert refused.code == "too_many_streams" and "client address" in str(refused)
+
+
+def test_token_and_allowed_origins(codec, speech, offline):
+    token = "s3cret-token-for-tests"
+    config = ServerConfig(host="127.0.0.1", port=0, token=token, allowed_origins=("https://app.example",))
+    with BackgroundServer(codec, config) as guarded:
+        def status(url: str, headers: dict | None = None) -> int:
+            async def attempt():
+                try:
+                    async with connect(url, additional_headers=headers or {}):
+                        return 101
+                except Exception as exc:  # websockets.InvalidStatus carries the HTTP response
+                    return exc.response.status_code
+
+            return asyncio.run(attempt())
+
+        assert status(guarded.url) == 401
+        assert status(guarded.url + "?token=wrong-token-xyz") == 401
+        assert status(guarded.url, {"Authorization": f"Bearer {token}"}) == 101
+        assert status(guarded.url + f"?token={token}", {"Origin": "https://evil.example"}) == 403
+        assert status(guarded.url + f"?token={token}", {"Origin": "https://app.example"}) == 101
+        # A real stream with the token in the URL (the client needs no change), and health stays open.
+        assert np.array_equal(encode(guarded.url + f"?token={token}", speech, SR), offline[0])
+        info = health(guarded.url)
+        assert info["unauthorized"] == 3
+    with pytest.raises(VoxtokError, match="at least 8"):
+        ServerConfig(token="short").check()
