@@ -184,3 +184,39 @@ def test_a_judge_crashing_on_one_file_loses_only_its_metric(speech, monkeypatch)
     values, notes = suite.compare(reference, samples * np.float32(0.5))
     assert values["spk_sim"] is None and notes["spk_sim"] == "RuntimeError: encoder exploded"
     assert values["si_sdr"] > 60
+
+
+def test_pitch_metrics_catch_lost_harmonics_and_octave_errors(speech):
+    """Identity scores 0; the same envelope with the harmonics replaced by noise (what codec v1 decodes) fails
+    the voicing error visibly; a copy resynthesised an octave up fails the gross pitch error."""
+    from codec.data.pitch import world_features
+    from codec.eval.metrics import f0_track, pitch_errors
+    from codec.modules.harmonic import HarmonicSynth, SynthAnalysis
+
+    samples, _ = speech
+    samples = samples[: len(samples) - len(samples) % 80]
+    ref_f0 = f0_track(samples)
+    assert pitch_errors(ref_f0, f0_track(samples.copy())) == {"vde": 0.0, "f0_rmse_cents": 0.0, "gpe": 0.0}
+    import torch
+
+    log_mel = SynthAnalysis(16000, 320, 80, 64)(torch.from_numpy(samples)[None, None])[0]
+    feats = world_features(samples, 16000, 80, 0, method="dio")
+    frames = log_mel.shape[-1]
+    synth = HarmonicSynth(16000, 320, 80, 64)
+
+    def resynth(f0_scale: float, voiced: bool) -> np.ndarray:
+        f0 = torch.from_numpy(feats.f0[:frames]) * f0_scale
+        v = torch.from_numpy(feats.voiced[:frames]) * float(voiced)
+        with torch.no_grad():
+            out = synth(torch.cat([log_mel, f0[None], v[None]])[None])[0, 0, 240:240 + len(samples)]
+        return out.numpy()
+
+    copy = pitch_errors(ref_f0, f0_track(resynth(1.0, True)))
+    noise = pitch_errors(ref_f0, f0_track(resynth(1.0, False)))
+    octave = pitch_errors(ref_f0, f0_track(resynth(2.0, True)))
+    print(f"copy {copy}, noise-only {noise}, octave up {octave}")
+    assert copy["gpe"] < 0.1 and copy["vde"] < 0.2 and copy["f0_rmse_cents"] < 100
+    assert noise["vde"] > 0.3 and noise["vde"] > 3 * copy["vde"]
+    assert octave["gpe"] > 0.8
+    with pytest.raises(MetricUndefined, match="no voiced frames"):
+        pitch_errors(np.zeros(50), ref_f0)

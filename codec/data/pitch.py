@@ -25,8 +25,12 @@ class PitchFeatures:
 def world_features(samples: np.ndarray, sample_rate: int, hop: int, ap_bands: int, window: int | None = None,
                    method: str = "harvest") -> PitchFeatures:
     """F0 (harvest + stonemask, or dio + stonemask), voicing and D4C aperiodicity per synthesis frame."""
+    import warnings
+
     try:
-        import pyworld
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pyworld 0.3 imports the deprecated pkg_resources
+            import pyworld
     except ImportError:
         raise VoxtokError("pitch targets need pyworld (pip install 'voxtok[train]')") from None
     window = window or 4 * hop

@@ -8,6 +8,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "sisdr": ("si_sdr",),
     "mel": ("mel_l1",),
     "mrstft": ("mrstft",),
+    "pitch": ("f0_rmse_cents", "gpe", "vde"),
     "sim": ("spk_sim",),
     "dnsmos": ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl"),
     "wer": ("wer", "cer", "dwer"),
