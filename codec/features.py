@@ -20,7 +20,8 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0,
     """[n_mels, n_fft // 2 + 1] triangular HTK-mel filters, each normalised to unit area (Slaney-style)."""
     fmax = fmax or sample_rate / 2
     freqs = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
-    mel_points = torch.linspace(hz_to_mel(torch.tensor(fmin)).item(), hz_to_mel(torch.tensor(fmax)).item(),
+    # Python floats for the end points (no .item()), so the filterbank can also be built on the meta device.
+    mel_points = torch.linspace(2595.0 * math.log10(1.0 + fmin / 700.0), 2595.0 * math.log10(1.0 + fmax / 700.0),
                                 n_mels + 2, dtype=torch.float64)
     hz_points = mel_to_hz(mel_points)
     lower, center, upper = hz_points[:-2, None], hz_points[1:-1, None], hz_points[2:, None]

@@ -153,7 +153,8 @@ def _rewrite_convs(module: nn.Module) -> None:
 
 def _describe_states(prefix: str, states: list[torch.Tensor]) -> list[dict]:
     return [{"name": f"{prefix}_state_{i}", "output": f"new_{prefix}_state_{i}",
-             "shape": ["batch", *s.shape[1:]], "dtype": "float32"} for i, s in enumerate(states)]
+             "shape": ["batch", *s.shape[1:]], "dtype": str(s.dtype).removeprefix("torch.")}
+            for i, s in enumerate(states)]
 
 
 def _export(module: nn.Module, args: tuple, path: Path, input_names: list[str], output_names: list[str],

@@ -72,7 +72,8 @@ class ExportedCodec:
         return self._sessions[graph]
 
     def initial_states(self, graph: str, batch_size: int) -> dict[str, np.ndarray]:
-        return {s["name"]: np.zeros([batch_size, *s["shape"][1:]], dtype=np.float32)
+        # Most states are float32; the harmonic synthesiser's phase is float64 and its noise position int64.
+        return {s["name"]: np.zeros([batch_size, *s["shape"][1:]], dtype=np.dtype(s.get("dtype", "float32")))
                 for s in self.manifest["states"][graph]}
 
     def check_sample_rate(self, sample_rate: int | None) -> None:

@@ -133,7 +133,7 @@ class HarmonicSynth(StreamingModule):
         self.register_buffer("spread", band_to_bin(filters), persistent=False)
         self.register_buffer("inverse", inverse_rdft_basis(window, hop), persistent=False)
         generator = torch.Generator().manual_seed(seed)
-        self.register_buffer("noise", torch.randn(NOISE_TABLE, generator=generator), persistent=False)
+        self.register_buffer("noise", torch.randn(NOISE_TABLE, generator=generator, device="cpu"), persistent=False)
         if aperiodicity_bands:
             # Aperiodicity comes in a few wide bands; spread them over the mel bands linearly in band index.
             spread = F.interpolate(torch.eye(aperiodicity_bands)[None], size=bands, mode="linear",
@@ -201,7 +201,8 @@ class HarmonicSynth(StreamingModule):
 
         def unit_bands(spec: torch.Tensor) -> torch.Tensor:
             bands = floored(self.frames.magnitude(spec) @ filters.T)
-            return spec / (bands @ spread.T + 1e-12).repeat(1, 1, 2)
+            # A clamp rather than "+ eps": under onnxruntime the sum for the DC bin (no band covers it) came out 0.
+            return spec / (bands @ spread.T).clamp(min=1e-8).repeat(1, 1, 2)
 
         mel = log_mel.transpose(1, 2)  # [B, J, bands]
         if aperiodicity.shape[1]:
