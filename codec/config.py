@@ -51,9 +51,27 @@ class CodecConfig:
         return self.frame_rate * self.bits_per_code / 1000
 
     @property
+    def decoder_delay(self) -> int:
+        """Samples the decoder's overlap-add output runs behind its input: the offset offline decoding trims and
+        streaming drops at the start (the one place this rule lives)."""
+        return self.window - self.subframe
+
+    @property
     def latency_samples(self) -> int:
-        """Algorithmic latency: a whole frame must arrive, then the iSTFT overlap must be complete."""
-        return self.hop_length + self.window - self.subframe
+        """Algorithmic latency: a whole frame must arrive, then the overlap-add must be complete."""
+        return self.hop_length + self.decoder_delay
+
+    def num_quantizers_for(self, bitrate_kbps: float | None) -> int:
+        """The most codebooks whose bitrate fits in bitrate_kbps (all of them when None): the one bitrate rule,
+        used by the torch model, the ONNX runtime's commands and the benchmarks alike."""
+        from codec.errors import VoxtokError
+
+        if bitrate_kbps is None:
+            return self.num_quantizers
+        count = int(bitrate_kbps / self.kbps_per_codebook + 1e-6)
+        if count < 1:
+            raise VoxtokError(f"bitrate {bitrate_kbps} kbps is below one codebook ({self.kbps_per_codebook:g} kbps)")
+        return min(count, self.num_quantizers)
 
     def validate(self) -> None:
         """Types and sane bounds for every field, checked before a model is built from them: a config.json from
@@ -103,6 +121,51 @@ class CodecConfig:
         """Short hash of everything that changes which codes mean what (not the name)."""
         data = {k: v for k, v in self.to_dict().items() if k != "name"}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
+@dataclass
+class HarmonicCodecConfig(CodecConfig):
+    name: str = "voxtok-16k-v2"
+    architecture: str = "harmonic"
+    window: int = 320
+    bands: int = 64
+    pitch_window: int = 640
+    pitch_lags: int = 64
+    ap_bands: int = 0
+    enc_sub_dim: int = 128
+    enc_sub_layers: int = 2
+    enc_dim: int = 256
+    enc_layers: int = 4
+    dec_dim: int = 256
+    dec_layers: int = 6
+    num_quantizers: int = 12
+
+    @property
+    def params_per_subframe(self) -> int:
+        return self.bands + 2 + self.ap_bands  # log-mel, log2 F0, voicing logit, aperiodicity logits
+
+    def validate(self) -> None:
+        super().validate()
+        if self.architecture != "harmonic":
+            raise ValueError(f"architecture must be 'harmonic', got {self.architecture!r}")
+        for name, (low, high) in _HARMONIC_BOUNDS.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+        if self.pitch_window < self.subframe or self.pitch_window % self.subframe:
+            raise ValueError("pitch_window must be a multiple of subframe")
+
+
+_HARMONIC_BOUNDS = {"bands": (8, 256), "pitch_window": (80, 8192), "pitch_lags": (1, 512), "ap_bands": (0, 64)}
+
+
+def config_from_dict(data: dict) -> CodecConfig:
+    """A config.json (or a recipe's [model] table, or an ONNX manifest's config) -> the config of the model it
+    describes: `architecture` names the v2 model; v1 configs have no such key (their hash, and so their token
+    files, must not change)."""
+    if isinstance(data, dict) and data.get("architecture") == "harmonic":
+        return HarmonicCodecConfig.from_dict(data)
+    return CodecConfig.from_dict(data)
 
 
 _FIELD_TYPES = {"str": str, "int": int, "float": float}

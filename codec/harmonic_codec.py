@@ -17,12 +17,11 @@ Latency: a whole 20 ms frame, plus the synthesiser's overlap (window - subframe 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from codec.config import CodecConfig
+from codec.config import CodecConfig, HarmonicCodecConfig
 from codec.model import VoxtokCodec
 from codec.modules.conv import CausalConv1d
 from codec.modules.convnext import ChannelLayerNorm, ConvNeXtBlock
@@ -31,42 +30,6 @@ from codec.modules.streaming import State, StreamingModule, StreamingSequential
 
 # F0 is predicted as log2(F0 / F0_REFERENCE_HZ), i.e. in octaves around a mid speaking pitch.
 F0_REFERENCE_HZ = 150.0
-
-
-@dataclass
-class HarmonicCodecConfig(CodecConfig):
-    name: str = "voxtok-16k-v2"
-    architecture: str = "harmonic"
-    window: int = 320
-    bands: int = 64
-    pitch_window: int = 640
-    pitch_lags: int = 64
-    ap_bands: int = 0
-    enc_sub_dim: int = 128
-    enc_sub_layers: int = 2
-    enc_dim: int = 256
-    enc_layers: int = 4
-    dec_dim: int = 256
-    dec_layers: int = 6
-    num_quantizers: int = 12
-
-    @property
-    def params_per_subframe(self) -> int:
-        return self.bands + 2 + self.ap_bands  # log-mel, log2 F0, voicing logit, aperiodicity logits
-
-    def validate(self) -> None:
-        super().validate()
-        if self.architecture != "harmonic":
-            raise ValueError(f"architecture must be 'harmonic', got {self.architecture!r}")
-        for name, (low, high) in _HARMONIC_BOUNDS.items():
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-                raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
-        if self.pitch_window < self.subframe or self.pitch_window % self.subframe:
-            raise ValueError("pitch_window must be a multiple of subframe")
-
-
-_HARMONIC_BOUNDS = {"bands": (8, 256), "pitch_window": (80, 8192), "pitch_lags": (1, 512), "ap_bands": (0, 64)}
 
 
 class EncoderFeatures(StreamingModule):

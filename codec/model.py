@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from codec.config import CodecConfig
+from codec.config import CodecConfig, HarmonicCodecConfig, config_from_dict
 from codec.errors import VoxtokError
 from codec.modules.conv import CausalConv1d
 from codec.modules.convnext import ChannelLayerNorm, ConvNeXtBlock
@@ -117,13 +117,7 @@ class VoxtokCodec(nn.Module):
 
     def num_quantizers_for(self, bitrate_kbps: float | None) -> int:
         """The most codebooks whose bitrate fits in bitrate_kbps (all of them when None)."""
-        if bitrate_kbps is None:
-            return self.config.num_quantizers
-        count = int(bitrate_kbps / self.config.kbps_per_codebook + 1e-6)
-        if count < 1:
-            raise VoxtokError(f"bitrate {bitrate_kbps} kbps is below one codebook "
-                              f"({self.config.kbps_per_codebook} kbps)")
-        return min(count, self.config.num_quantizers)
+        return self.config.num_quantizers_for(bitrate_kbps)
 
     # ---- offline --------------------------------------------------------------------------------
     def _pad_to_frames(self, wav: torch.Tensor) -> torch.Tensor:
@@ -131,7 +125,7 @@ class VoxtokCodec(nn.Module):
         return F.pad(wav, (0, (-wav.shape[-1]) % hop))
 
     def _trim_decoder_output(self, blocks: torch.Tensor, num_frames: int) -> torch.Tensor:
-        offset = self.config.window - self.config.subframe
+        offset = self.config.decoder_delay
         return blocks[..., offset:offset + num_frames * self.config.hop_length]
 
     @property
@@ -179,7 +173,7 @@ class VoxtokCodec(nn.Module):
             encoder_state=self.encoder.init_state(batch_size, device, self.encoder_dtype),
             decoder_state=self.decoder.init_state(batch_size, device, self.decoder_dtype),
             pending_input=torch.zeros(batch_size, 1, 0, device=device, dtype=self.encoder_dtype),
-            decoder_skip=self.config.window - self.config.subframe,
+            decoder_skip=self.config.decoder_delay,
         )
         try:
             yield
@@ -279,18 +273,8 @@ class VoxtokCodec(nn.Module):
         return model
 
 
-def config_from_dict(data: dict) -> CodecConfig:
-    """A config.json (or a recipe's [model] table) -> the config of the model it describes: `architecture`
-    names the v2 model; v1 configs have no such key (their hash, and so their token files, must not change)."""
-    if isinstance(data, dict) and data.get("architecture") == "harmonic":
-        from codec.harmonic_codec import HarmonicCodecConfig
-
-        return HarmonicCodecConfig.from_dict(data)
-    return CodecConfig.from_dict(data)
-
-
 def model_class_for(config: CodecConfig) -> type[VoxtokCodec]:
-    from codec.harmonic_codec import HarmonicCodec, HarmonicCodecConfig
+    from codec.harmonic_codec import HarmonicCodec
 
     return HarmonicCodec if isinstance(config, HarmonicCodecConfig) else VoxtokCodec
 

@@ -21,18 +21,17 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from codec.config import CodecConfig
+from codec.config import CodecConfig, HarmonicCodecConfig, config_from_dict
 from codec.dataset import CropSampler, load_source, read_manifest
 from codec.discriminators import MultiPeriodDiscriminator, MultiResolutionDiscriminator
 from codec.errors import VoxtokError
-from codec.harmonic_codec import HarmonicCodecConfig
 from codec.losses import (
     MultiResolutionMelLoss,
     discriminator_loss,
     feature_matching_loss,
     generator_adversarial_loss,
 )
-from codec.model import config_from_dict, model_class_for
+from codec.model import model_class_for
 
 
 @dataclass

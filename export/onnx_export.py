@@ -114,7 +114,7 @@ class OfflineDecoder(nn.Module):
     def __init__(self, model: VoxtokCodec):
         super().__init__()
         self.decoder = model.decoder
-        self.offset = model.config.window - model.config.subframe
+        self.offset = model.config.decoder_delay
         self.hop = model.config.hop_length
         self.tables = _QuantizerTables(model)
 
@@ -294,7 +294,7 @@ def build_manifest(model: VoxtokCodec, variants: dict, enc_desc: list[dict], dec
     import onnx
 
     cfg = model.config
-    skip = cfg.window - cfg.subframe
+    skip = cfg.decoder_delay
     return {
         "format": "voxtok-onnx",
         "format_version": FORMAT_VERSION,

@@ -106,7 +106,7 @@ class TorchCodec(Backend):
             params_m=round(count_params(self.model), 2),
             frame_ms=1000 * cfg.hop_length / cfg.sample_rate,
             algorithmic_latency_ms=1000 * cfg.latency_samples / cfg.sample_rate,
-            latency_note=_latency_note(cfg.hop_length, cfg.window - cfg.subframe, cfg.sample_rate),
+            latency_note=_latency_note(cfg.hop_length, cfg.decoder_delay, cfg.sample_rate),
             streaming=True,
         )
 
@@ -166,13 +166,13 @@ class OnnxCodec(Backend):
         runtime = _runtime()
         import onnxruntime as ort
 
-        from codec.config import CodecConfig
+        from codec.config import config_from_dict
 
         self.runtime = runtime
         self.codec = runtime.ExportedCodec(folder, threads, precision)
         manifest = self.codec.manifest
-        cfg = CodecConfig.from_dict(manifest["config"])
-        self.num_quantizers = _codebooks_for(cfg, bitrate_kbps)
+        cfg = config_from_dict(manifest["config"])
+        self.num_quantizers = cfg.num_quantizers_for(bitrate_kbps)
         self.offline = runtime.OfflineCodec(self.codec)
         # Sessions are created lazily on first use; create them now so the "loaded" memory includes them.
         for graph in manifest["graphs"][precision]:
@@ -186,7 +186,7 @@ class OnnxCodec(Backend):
             params_m=None,
             frame_ms=1000 * cfg.hop_length / cfg.sample_rate,
             algorithmic_latency_ms=1000 * cfg.latency_samples / cfg.sample_rate,
-            latency_note=_latency_note(cfg.hop_length, cfg.window - cfg.subframe, cfg.sample_rate),
+            latency_note=_latency_note(cfg.hop_length, cfg.decoder_delay, cfg.sample_rate),
             streaming=True,
         )
 
@@ -221,16 +221,6 @@ class _RuntimeStream:
 def onnx_precisions(folder: str | Path) -> list[str]:
     """The graph precisions an export holds (fp32, and int8 when exported with --int8)."""
     return list(_runtime().load_manifest(folder)["graphs"])
-
-
-def _codebooks_for(cfg, bitrate_kbps: float | None) -> int:
-    # Same rule as VoxtokCodec.num_quantizers_for, which needs the torch model this backend avoids.
-    if bitrate_kbps is None:
-        return cfg.num_quantizers
-    count = int(bitrate_kbps / cfg.kbps_per_codebook + 1e-6)
-    if count < 1:
-        raise VoxtokError(f"bitrate {bitrate_kbps} kbps is below one codebook ({cfg.kbps_per_codebook} kbps)")
-    return min(count, cfg.num_quantizers)
 
 
 # ---- registry ---------------------------------------------------------------------------------------

@@ -67,16 +67,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def num_quantizers_for(codec, bitrate_kbps: float | None) -> int | None:
-    from codec.config import CodecConfig
-    from codec.errors import VoxtokError
+    """The codebooks for a bitrate, by the model config's one rule (None: all of them)."""
+    from codec.config import config_from_dict
 
     if bitrate_kbps is None:
         return None
-    kbps = CodecConfig.from_dict(codec.manifest["config"]).kbps_per_codebook
-    count = int(bitrate_kbps / kbps + 1e-6)
-    if count < 1:
-        raise VoxtokError(f"bitrate {bitrate_kbps} kbps is below one codebook ({kbps:g} kbps)")
-    return min(count, codec.num_quantizers)
+    return config_from_dict(codec.manifest["config"]).num_quantizers_for(bitrate_kbps)
 
 
 def format_figures(f: dict) -> str:

@@ -24,8 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from codec.config import HarmonicCodecConfig
     from codec.errors import VoxtokError
-    from codec.harmonic_codec import HarmonicCodecConfig
     from codec.train import Trainer, load_recipe
 
     if not Path(args.recipe).is_file():
