@@ -1,6 +1,11 @@
 """Codec training: mel + commitment from step 0, adversarial (multi-period + multi-resolution STFT
 discriminators) + feature matching from `adversarial_start`. Resumable from safetensors checkpoints.
 
+Data-parallel under torchrun (`torchrun --nproc_per_node N -m codec train RECIPE`, gloo on CPU, NCCL on GPUs):
+every rank starts from the same weights, draws its own crops, and after each backward the gradients are averaged
+across ranks; the quantizer's EMA codebooks (buffers, not gradients) are broadcast from rank 0 after each step
+so all ranks keep one codebook. Rank 0 alone logs, evaluates and writes checkpoints.
+
 A recipe is a TOML file (see recipes/codec_16k.toml) with [model], [data], [optim], [loss] and [train]
 tables; `voxtok train RECIPE` runs it and resumes if its output folder already holds a checkpoint.
 """
@@ -94,6 +99,18 @@ def load_recipe(path: str | Path) -> tuple[CodecConfig, TrainConfig]:
     return model_cfg, config_class(**flat)
 
 
+def _init_distributed(device: str) -> tuple[int, int]:
+    """(rank, world size): under torchrun (WORLD_SIZE > 1) join the process group, else (0, 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
 def learning_rate(step: int, base: float, cfg: TrainConfig) -> float:
     if step < cfg.warmup_steps:
         return base * (step + 1) / cfg.warmup_steps
@@ -143,7 +160,11 @@ def _signal_metrics(ref: np.ndarray, decoded: np.ndarray) -> dict[str, float]:
 
 class Trainer:
     def __init__(self, model_cfg: CodecConfig, cfg: TrainConfig, device: str = "cpu", progress: bool = True):
-        self.cfg, self.device, self.progress = cfg, torch.device(device), progress
+        self.rank, self.world_size = _init_distributed(device)
+        if self.world_size > 1 and device.startswith("cuda"):
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        self.cfg, self.device = cfg, torch.device(device)
+        self.progress = progress and self.rank == 0
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
@@ -175,7 +196,7 @@ class Trainer:
                 print(f"warning: synthetic corpus {d} not found (run `voxtok synth {d}`); training without it")
         for s in sources:
             print(f"data: {s.name}: {len(s.clips)} files, {s.seconds / 60:.1f} min, weight {s.weight}")
-        self.sampler = CropSampler(sources, int(cfg.crop_seconds * sr), seed=cfg.seed + self.step)
+        self.sampler = CropSampler(sources, int(cfg.crop_seconds * sr), seed=self.data_seed())
         dev_rows = read_manifest(cfg.real_root, cfg.dev_split)
         # A fixed, varied handful: every k-th dev file.
         stride = max(1, len(dev_rows) // max(1, cfg.eval_files))
@@ -183,6 +204,36 @@ class Trainer:
 
     def batch(self) -> torch.Tensor:
         return torch.from_numpy(self.sampler.batch(self.cfg.batch_size)).to(self.device)
+
+    def data_seed(self) -> int:
+        """Crops differ by rank and by the step a run resumed at, and repeat for the same (seed, step, rank)."""
+        return self.cfg.seed + self.step + 1_000_003 * self.rank
+
+    # ---- data-parallel ---------------------------------------------------------------------------------
+    def optimizer_step(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor,
+                       parameters: list[torch.nn.Parameter]) -> float:
+        """zero_grad, backward, average the gradients over ranks, clip, step; returns the gradient norm."""
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            for p in parameters:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                dist.all_reduce(p.grad)
+                p.grad /= self.world_size
+        norm = float(torch.nn.utils.clip_grad_norm_(parameters, self.cfg.grad_clip))
+        optimizer.step()
+        return norm
+
+    def sync_buffers(self) -> None:
+        """Rank 0's buffers (the EMA codebooks and their statistics) to every rank."""
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            for buffer in self.model.buffers():
+                dist.broadcast(buffer, 0)
 
     # ---- checkpoints -------------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
@@ -275,32 +326,48 @@ class Trainer:
                 if k != "step" and isinstance(v, (int, float)):
                     self.writer.add_scalar(k, v, record["step"])
 
-    def train(self, steps: int | None = None) -> None:
+    def train(self, steps: int | None = None, max_seconds: float | None = None) -> None:
+        """Train to `steps` (default: the recipe's), or until max_seconds of wall time have passed; either way the
+        run ends with a checkpoint, so a time-boxed run (a lent GPU) always brings its progress back."""
         cfg = self.cfg
         total = steps if steps is not None else cfg.steps
-        self.out.mkdir(parents=True, exist_ok=True)
+        deadline = time.time() + max_seconds if max_seconds else None
+        lead = self.rank == 0
+        if lead:
+            self.out.mkdir(parents=True, exist_ok=True)
+        self.barrier()
         resumed = self.load_checkpoint()
-        print(f"{'resumed at' if resumed else 'starting from'} step {self.step}; target {total}")
+        if lead:
+            print(f"{'resumed at' if resumed else 'starting from'} step {self.step}; target {total}"
+                  + (f" on {self.world_size} ranks" if self.world_size > 1 else ""))
         self.build_data()
-        try:
-            from torch.utils.tensorboard import SummaryWriter
+        if lead:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.out / "tensorboard"))
-        except ImportError:
-            print("tensorboard not installed: logging to log.jsonl only")
+                self.writer = SummaryWriter(str(self.out / "tensorboard"))
+            except ImportError:
+                print("tensorboard not installed: logging to log.jsonl only")
         self.model.train()
         if not self.model.quantizer.initialized():
             init_batch = torch.cat([self.batch() for _ in range(8)])
             with torch.no_grad():
                 self.model.quantizer.initialize(self.model.encoder(init_batch))
+        self.sync_buffers()
         bar = tqdm(total=total, initial=self.step, disable=not self.progress, dynamic_ncols=True)
         started, running = time.time(), {}
         while self.step < total:
             metrics = self.train_step()
+            self.sync_buffers()
             for k, v in metrics.items():
                 running[k] = running.get(k, 0.0) + v
             self.step += 1
             bar.update(1)
+            out_of_time = deadline is not None and self._agree(time.time() > deadline)
+            if out_of_time:
+                total = self.step
+            if not lead:
+                continue
             if self.step % cfg.log_every == 0:
                 record = {"step": self.step, **{k: v / cfg.log_every for k, v in running.items()},
                           "lr": learning_rate(self.step, cfg.lr, cfg),
@@ -315,6 +382,25 @@ class Trainer:
                 self.log({"step": self.step, **{f"dev/{k}": v for k, v in dev.items()}})
                 tqdm.write(f"step {self.step} dev " + " ".join(f"{k}={v:.3f}" for k, v in dev.items()))
         bar.close()
+        if deadline is not None and lead:
+            print(f"stopped at step {self.step} after the time limit; checkpoint in {self.ckpt}")
+        self.barrier()
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def _agree(self, flag: bool) -> bool:
+        """True on every rank when it is true on any (ranks must stop at the same step)."""
+        if self.world_size == 1:
+            return flag
+        import torch.distributed as dist
+
+        value = torch.tensor([1.0 if flag else 0.0])
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
 
     def train_step(self) -> dict:
         cfg = self.cfg
@@ -339,9 +425,7 @@ class Trainer:
             for d, (real_scores, _) in zip(self.discriminators, real_outputs):
                 fake_scores, _ = d(y.detach())
                 d_loss = d_loss + discriminator_loss(real_scores, fake_scores)
-            self.opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            self.opt_d.step()
+            self.optimizer_step(self.opt_d, d_loss, [p for d in self.discriminators for p in d.parameters()])
             g_adv, g_fm = y.new_zeros(()), y.new_zeros(())
             for d, (_, real_features) in zip(self.discriminators, real_outputs):
                 fake_scores, fake_features = d(y)
@@ -349,9 +433,6 @@ class Trainer:
                 g_fm = g_fm + feature_matching_loss(real_features, fake_features)
             loss = loss + cfg.adversarial_weight * g_adv + cfg.feature_weight * g_fm
             metrics.update({"d_loss": d_loss.item(), "g_adv": g_adv.item(), "feature": g_fm.item()})
-        self.opt_g.zero_grad(set_to_none=True)
-        loss.backward()
-        metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
-        self.opt_g.step()
+        metrics["grad_norm"] = self.optimizer_step(self.opt_g, loss, list(self.model.parameters()))
         metrics["loss"] = loss.item()
         return metrics

@@ -113,8 +113,7 @@ class HarmonicTrainer(Trainer):
         minutes = sum(len(c.samples) for c in clips) / mcfg.sample_rate / 60
         print(f"data: real: {len(clips)} files, {minutes:.1f} min, with WORLD targets")
         crop_frames = max(1, int(round(cfg.crop_seconds * mcfg.frame_rate)))
-        self.sampler = FeatureCropSampler(clips, crop_frames, mcfg.hop_length, mcfg.subframe,
-                                          seed=cfg.seed + self.step)
+        self.sampler = FeatureCropSampler(clips, crop_frames, mcfg.hop_length, mcfg.subframe, seed=self.data_seed())
         dev_rows = read_manifest(cfg.real_root, cfg.dev_split)
         stride = max(1, len(dev_rows) // max(1, cfg.eval_files))
         self.dev_rows = dev_rows[::stride][: cfg.eval_files]
@@ -149,10 +148,7 @@ class HarmonicTrainer(Trainer):
         voicing = voicing / mask.sum().clamp(min=1)
         loss = cfg.mel_weight * mel + cfg.f0_weight * f0_loss + cfg.voicing_weight * voicing
         loss = loss + cfg.commit_weight * commit
-        self.opt_g.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
-        self.opt_g.step()
+        grad_norm = self.optimizer_step(self.opt_g, loss, list(self.model.parameters()))
         with torch.no_grad():
             cents = 1200 * (f0_error * voiced_mask).sum() / voiced_mask.sum().clamp(min=1)
             decided = ((raw[:, b + 1] > 0).float() != voiced).float()

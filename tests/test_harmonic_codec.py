@@ -207,12 +207,8 @@ def test_onnx_export_of_v2_matches_pytorch(tiny_model, tmp_path):
 
 # ---- training ---------------------------------------------------------------------------------------------------
 
-def test_training_steps_lower_the_loss_and_resume(tmp_path):
-    """Three voiced clips as a corpus (WORLD targets computed into the cache on first use), a few regression
-    steps, a checkpoint, and a resume that continues from it."""
-    from codec.train import load_recipe
-    from codec.train_harmonic import HarmonicTrainer
-
+def _tiny_recipe(tmp_path: Path, steps: int = 30) -> Path:
+    """Three voiced clips as a corpus and a tiny v2 recipe over it (WORLD targets go to a cache in tmp_path)."""
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     rows = []
@@ -221,8 +217,7 @@ def test_training_steps_lower_the_loss_and_resume(tmp_path):
         rows.append(json.dumps({"path": f"c{i}.wav"}))
     (corpus / "manifest.jsonl").write_text("\n".join(rows) + "\n")
     (corpus / "split.txt").write_text("c0.wav\nc1.wav\nc2.wav\n")
-    cfg = tiny_config()
-    model_table = "\n".join(f"{k} = {json.dumps(v)}" for k, v in cfg.to_dict().items())
+    model_table = "\n".join(f"{k} = {json.dumps(v)}" for k, v in tiny_config().to_dict().items())
     recipe = tmp_path / "tiny.toml"
     recipe.write_text(f"""[model]
 {model_table}
@@ -235,7 +230,7 @@ pitch_method = "dio"
 [optim]
 lr = 3e-3
 warmup_steps = 2
-steps = 30
+steps = {steps}
 [train]
 out_dir = "{tmp_path / 'run'}"
 batch_size = 4
@@ -245,6 +240,15 @@ checkpoint_every = 10
 log_every = 5
 eval_files = 1
 """)
+    return recipe
+
+
+def test_training_steps_lower_the_loss_and_resume(tmp_path):
+    """A few regression steps on three voiced clips, a checkpoint, and a resume that continues from it."""
+    from codec.train import load_recipe
+    from codec.train_harmonic import HarmonicTrainer
+
+    recipe = _tiny_recipe(tmp_path)
     model_cfg, train_cfg = load_recipe(recipe)
     trainer = HarmonicTrainer(model_cfg, train_cfg, progress=False)
     trainer.train(20)
@@ -258,3 +262,79 @@ eval_files = 1
     model = load_codec(tmp_path / "run" / "checkpoint")
     assert isinstance(model, HarmonicCodec)
     assert Path(tmp_path / "run" / "samples").is_dir()
+
+
+_RANK_SCRIPT = """
+import hashlib, os, sys
+import torch
+from codec.train import load_recipe
+from codec.train_harmonic import HarmonicTrainer
+model_cfg, cfg = load_recipe(sys.argv[1])
+trainer = HarmonicTrainer(model_cfg, cfg, progress=False)
+trainer.train(6)
+digest = hashlib.sha256()
+for name, tensor in sorted(trainer.model.state_dict().items()):
+    digest.update(tensor.detach().float().numpy().tobytes())
+rank = os.environ["RANK"]
+open(os.path.join(sys.argv[2], f"rank{rank}.txt"), "w").write(digest.hexdigest())
+"""
+
+
+def test_data_parallel_training_keeps_ranks_in_step(tmp_path):
+    """torchrun with 2 gloo processes on the CPU: both ranks end with the same weights and codebooks (gradients
+    averaged, EMA buffers broadcast), and rank 0 alone writes the checkpoint."""
+    import os
+    import subprocess
+    import sys
+
+    recipe = _tiny_recipe(tmp_path, steps=6)
+    script = tmp_path / "rank.py"
+    script.write_text(_RANK_SCRIPT)
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    result = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", str(script), str(recipe),
+                             str(tmp_path)], capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    digests = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
+    assert digests[0] == digests[1]
+    assert "on 2 ranks" in result.stdout
+    state = json.loads((tmp_path / "run" / "checkpoint" / "trainer_state.json").read_text())
+    assert state["step"] == 6
+
+
+def test_time_limited_run_stops_with_a_checkpoint(tmp_path, capsys):
+    """`voxtok train --max-minutes`: the run a lent GPU gets ends at the limit with its checkpoint written."""
+    from codec.cli import main
+
+    recipe = _tiny_recipe(tmp_path, steps=100000)
+    assert main(["train", str(recipe), "--max-minutes", "0.05", "--no-progress"]) == 0
+    assert "after the time limit" in capsys.readouterr().out
+    state = json.loads((tmp_path / "run" / "checkpoint" / "trainer_state.json").read_text())
+    assert 0 < state["step"] < 100000
+
+
+def test_gpu_burst_command_resumes_and_brings_the_checkpoint_back(tmp_path):
+    """recipes/gpu_burst.sh on the CPU (no GPU here): it resumes a packed checkpoint, trains until its time limit
+    and packs the new checkpoint into $OUT, with a later step than it started from."""
+    import os
+    import subprocess
+    import sys
+
+    from codec.train import load_recipe
+    from codec.train_harmonic import HarmonicTrainer
+
+    recipe = _tiny_recipe(tmp_path, steps=100000)
+    model_cfg, cfg = load_recipe(recipe)
+    HarmonicTrainer(model_cfg, cfg, progress=False).train(5)
+    repo = Path(__file__).resolve().parents[1]
+    packed = tmp_path / "packed"
+    subprocess.run([sys.executable, str(repo / "recipes" / "pack_checkpoint.py"), str(tmp_path / "run"), str(packed)],
+                   check=True, capture_output=True)
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(["bash", str(repo / "recipes" / "gpu_burst.sh"), str(recipe), str(packed), "0.1"],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "resumed at step 5" in result.stdout
+    state = json.loads((tmp_path / "out" / "checkpoint" / "trainer_state.json").read_text())
+    assert state["step"] > 5
+    assert (tmp_path / "out" / "checkpoint" / "model.safetensors").is_file()

@@ -15,6 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stop after this much wall time, with a checkpoint (a time-boxed run, e.g. a lent GPU)")
     p.add_argument("--export", metavar="DIR", default=None,
                    help="do not train: write the run's checkpoint as a fp16 model folder to DIR")
     p.add_argument("--fp32", action="store_true", help="with --export: keep fp32 weights")
@@ -51,5 +53,7 @@ def run(args: argparse.Namespace) -> int:
         trainer.model.save_pretrained(args.export, half=not args.fp32, inference_only=True)
         print(f"exported step {trainer.step} to {args.export}")
         return 0
-    trainer.train(args.steps)
+    if args.max_minutes is not None and args.max_minutes <= 0:
+        raise VoxtokError(f"--max-minutes must be positive, got {args.max_minutes}")
+    trainer.train(args.steps, max_seconds=args.max_minutes * 60 if args.max_minutes else None)
     return 0

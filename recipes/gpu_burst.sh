@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The one prepared command for a lent GPU: resume a committed checkpoint for at most MINUTES of training, then pack
+# the checkpoint it reached (fp16, log carried over) into $OUT so it comes back. With no GPU it runs on the CPU,
+# which is how the test suite checks it (tests/test_harmonic_codec.py, on a tiny recipe).
+#
+#   bash recipes/gpu_burst.sh [RECIPE] [CHECKPOINT] [MINUTES]
+#   defaults: recipes/codec_v2.toml recipes/checkpoints/codec_v2 9
+#
+# Through the device tool: run(command="bash recipes/gpu_burst.sh", carry=["data/cache/world"], timeout_s=600).
+# The WORLD pitch targets (data/cache/world, ~25 MB, made by `python -m codec.data.pitch`) must travel with it:
+# computing them there would take the whole lease. Then copy $OUT/checkpoint over recipes/checkpoints/codec_v2.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+recipe=${1:-recipes/codec_v2.toml}
+checkpoint=${2:-recipes/checkpoints/codec_v2}
+minutes=${3:-9}
+out=${OUT:-runs/gpu_burst}
+python=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" OMP_WAIT_POLICY=PASSIVE
+mkdir -p "$out"
+run_dir=$("$python" -c "import sys; from codec.train import load_recipe; print(load_recipe(sys.argv[1])[1].out_dir)" \
+  "$recipe")
+mkdir -p "$run_dir"
+rm -rf "$run_dir/checkpoint"
+cp -r "$checkpoint" "$run_dir/checkpoint"
+device=cpu
+if "$python" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then device=cuda; fi
+echo "gpu_burst: $recipe from $checkpoint on $device for at most $minutes min"
+"$python" -m codec train "$recipe" --device "$device" --max-minutes "$minutes" --no-progress 2>&1 | tee "$out/train.log"
+"$python" recipes/pack_checkpoint.py "$run_dir" "$out/checkpoint"
