@@ -13,8 +13,8 @@ import argparse
 from pathlib import Path
 
 from codec.audio import load_audio, save_audio
-from codec.commands.stream import cached_export
 from codec.eval.runner import read_manifest, read_split, select
+from export.cache import cached_export
 from export.runtime import OfflineCodec
 
 

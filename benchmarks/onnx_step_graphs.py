@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "int8"])
     args = parser.parse_args()
     if args.export_dir is None:
-        from codec.commands.stream import cached_export
+        from export.cache import cached_export
 
         args.export_dir = cached_export(None, args.precision == "int8")
     codec = ExportedCodec(args.export_dir, threads=1, precision=args.precision)

@@ -1,5 +1,7 @@
-"""The `voxtok` command line. Each subcommand lives in its own module under codec/commands/ and exposes
-`register(subparsers)`; handlers import their heavy dependencies lazily so `voxtok --help` stays fast."""
+"""The `voxtok` command line. The codec's subcommands live in codec/commands/, one module each with
+`register(subparsers)`; other packages add theirs through the `voxtok.commands` entry point group (export/ adds
+export, stream and serve), so codec/ never imports the packages built on it. Handlers import their heavy
+dependencies lazily so `voxtok --help` stays fast."""
 
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ import sys
 from codec.errors import VoxtokError
 
 # Module names under codec.commands; a module that is missing (e.g. an optional extra) is skipped.
-COMMANDS = ["encode", "decode", "info", "roundtrip", "train", "synth", "eval", "bench", "export", "stream", "serve"]
+COMMANDS = ["encode", "decode", "info", "roundtrip", "train", "synth", "eval", "bench"]
+ENTRY_POINT_GROUP = "voxtok.commands"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +28,14 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(sub)
+    from importlib.metadata import entry_points
+
+    for entry in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        try:
+            register = entry.load()
+        except ModuleNotFoundError:  # the package's optional dependencies are not installed
+            continue
+        register(sub)
     return parser
 
 

@@ -134,12 +134,13 @@ def iter_decoded(model: VoxtokCodec, codes: np.ndarray, num_samples: int | None 
     step = max(1, int(STREAM_CHUNK_SECONDS * model.config.frame_rate))
     remaining = num_samples if num_samples is not None else None
     with model.streaming(1, codes_t.shape[1]):
-        for start in range(0, codes_t.shape[-1] + 1, step):
+        starts = list(range(0, codes_t.shape[-1], step))
+        for start in [*starts, None]:  # None: the overlap-add tail after the last frames
             with torch.inference_mode():
-                if start < codes_t.shape[-1]:
-                    out = model.decode_chunk(codes_t[..., start:start + step])
-                else:
+                if start is None:
                     out = model.flush_decoder()
+                else:
+                    out = model.decode_chunk(codes_t[..., start:start + step])
             piece = out[0, 0].float().numpy()
             release_freed_memory()
             if remaining is not None:

@@ -103,10 +103,30 @@ class VoxtokCodec(nn.Module):
     def make_decoder(self, cfg: CodecConfig) -> StreamingSequential:
         return Decoder(cfg)
 
-    # ---- bitrates -------------------------------------------------------------------------------
+    # ---- the tokenizer interface (codec.tokenizer.Tokenizer) ------------------------------------------
     @property
     def model_id(self) -> str:
         return self.config.name
+
+    @property
+    def sample_rate(self) -> int:
+        return self.config.sample_rate
+
+    @property
+    def frame_rate(self) -> float:
+        return self.config.frame_rate
+
+    @property
+    def num_codebooks(self) -> int:
+        return self.config.num_quantizers
+
+    @property
+    def cardinality(self) -> int:
+        return self.config.codebook_size
+
+    @property
+    def decoder_delay(self) -> int:
+        return self.config.decoder_delay
 
     @property
     def operating_points(self) -> list[tuple[int, float]]:

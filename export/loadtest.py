@@ -250,7 +250,7 @@ def _free_port() -> int:
 
 def _start_server(onnx_dir: Path, threads: int, max_streams: int, log_path: Path) -> tuple[subprocess.Popen, str]:
     port = _free_port()
-    command = [sys.executable, "-m", "codec.commands.serve", "--onnx", str(onnx_dir), "--host", "127.0.0.1",
+    command = [sys.executable, "-m", "export.commands.serve", "--onnx", str(onnx_dir), "--host", "127.0.0.1",
                "--port", str(port), "--threads", str(threads), "--max-streams", str(max_streams),
                "--log-level", "warning"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.seconds <= 0 or args.chunk_ms <= 0 or args.max_streams < 1 or args.budget_s <= 0:
             raise VoxtokError("--seconds, --chunk-ms, --max-streams and --budget-s must be positive")
-        from codec.commands.stream import cached_export
+        from export.cache import cached_export
 
         onnx_dir = Path(args.onnx) if args.onnx else cached_export(args.model, False)
         codec = ExportedCodec(onnx_dir)

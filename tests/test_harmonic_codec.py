@@ -338,3 +338,14 @@ def test_gpu_burst_command_resumes_and_brings_the_checkpoint_back(tmp_path):
     state = json.loads((tmp_path / "out" / "checkpoint" / "trainer_state.json").read_text())
     assert state["step"] > 5
     assert (tmp_path / "out" / "checkpoint" / "model.safetensors").is_file()
+
+
+def test_both_codecs_implement_the_tokenizer_interface(tiny_model, codec_model):
+    from codec.tokenizer import Tokenizer
+
+    for model in (tiny_model, codec_model):
+        assert isinstance(model, Tokenizer)
+        assert model.sample_rate == 16000 and model.frame_rate == 50
+        assert model.decoder_delay == model.config.window - model.config.subframe
+        assert model.num_quantizers_for(None) == model.num_codebooks
+        assert model.cardinality == model.config.codebook_size

@@ -41,7 +41,7 @@ def _parse(module, argv: list[str]) -> argparse.Namespace:
 def onnx_dir(tmp_path_factory):
     """One export per session, through the CLI handler (fp32 + INT8 graphs, parity check skipped here
     because the tests below make it on real speech)."""
-    from codec.commands import export as export_command
+    from export.commands import onnx as export_command
 
     out = tmp_path_factory.mktemp("onnx")
     args = _parse(export_command, ["export", "onnx", "-o", str(out), "--int8", "--no-verify", "--json"])
@@ -193,7 +193,7 @@ from export.runtime import OfflineCodec, StreamingDecoder, StreamingEncoder
 codes = OfflineCodec({str(onnx_dir)!r}).encode(np.load({str(tmp_path / "x.npy")!r}))
 enc, dec = StreamingEncoder({str(onnx_dir)!r}), StreamingDecoder({str(onnx_dir)!r})
 audio = dec.push(enc.push(np.load({str(tmp_path / "x.npy")!r})))
-import codec.commands.stream
+import export.commands.stream
 assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules if sys.modules[m] is not None)
 print(codes.shape, audio.shape)
 """
@@ -233,7 +233,7 @@ def test_bad_input_gives_clear_errors(codec, onnx_dir, tmp_path):
 
 def test_stream_command_writes_audio_and_reports(onnx_dir, speech, tmp_path, capsys):
     from codec.audio import load_audio, save_audio
-    from codec.commands import stream as stream_command
+    from export.commands import stream as stream_command
 
     src, out = tmp_path / "in.wav", tmp_path / "out.wav"
     save_audio(src, speech[:SR], SR)
@@ -298,7 +298,7 @@ class _FakeMicrophone:
 
 def test_stream_command_from_microphone(onnx_dir, speech, tmp_path, capsys, monkeypatch):
     from codec.audio import load_audio
-    from codec.commands import stream as stream_command
+    from export.commands import stream as stream_command
 
     monkeypatch.setitem(sys.modules, "sounddevice", _FakeMicrophone(speech[:SR]))
     out = tmp_path / "mic.wav"

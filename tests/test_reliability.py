@@ -333,13 +333,15 @@ def test_degenerate_audio_never_crashes_roundtrip(tmp_path, capsys, kind):
 
 # ---- bounded memory on long inputs ----------------------------------------------------------------------------
 
+# VmHWM, not ru_maxrss: a child's ru_maxrss starts from the forking parent's (here pytest's), VmHWM is the
+# exec'd process's own peak.
 _PEAK_SCRIPT = """
-import resource, sys
-import numpy as np, soundfile as sf
+import sys
 from codec.compress import encode_file, load_codec
 model = load_codec()
 codes, n = encode_file(model, sys.argv[1], 3)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, codes.shape[1], n)
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(hwm // 1024, codes.shape[1], n)
 """
 
 
@@ -391,3 +393,19 @@ def _resample(x: np.ndarray, sr: int, rate: int) -> np.ndarray:
     import soxr
 
     return soxr.resample(x, sr, rate).astype(np.float32)
+
+
+def test_piecewise_decode_equals_one_shot(codec_model, monkeypatch):
+    """decode_to_file's pieces (the streaming decoder, chunk by chunk, then the overlap-add tail) join into what
+    decode_codes gives, for inputs shorter and longer than one piece."""
+    import codec.compress
+    from codec.compress import decode_codes, iter_decoded
+
+    monkeypatch.setattr(codec.compress, "STREAM_CHUNK_SECONDS", 0.5)
+    codes = np.random.default_rng(1).integers(0, 1024, size=(3, 77))
+    whole = decode_codes(codec_model, codes, 77 * 320 - 5)
+    for frames in (10, 77):
+        pieces = np.concatenate(list(iter_decoded(codec_model, codes[:, :frames], frames * 320 - 5)))
+        assert len(pieces) == frames * 320 - 5
+        reference = whole if frames == 77 else decode_codes(codec_model, codes[:, :frames], frames * 320 - 5)
+        assert np.abs(pieces - reference).max() < 1e-4

@@ -39,7 +39,7 @@ MAX_BYTES = 64 * 1024
 @pytest.fixture(scope="module")
 def onnx_dir():
     """The shipped model's export, made once into the user cache (as `voxtok stream` keeps it)."""
-    from codec.commands.stream import cached_export
+    from export.cache import cached_export
 
     return cached_export(None, False)
 
@@ -405,7 +405,7 @@ def test_capacity_search_doubles_then_bisects(monkeypatch):
 # ---- the command line ---------------------------------------------------------------------------------
 
 def test_cli_defaults_match_the_server_config():
-    from codec.commands import serve
+    from export.commands import serve
 
     defaults = ServerConfig()
     for key, value in serve.DEFAULTS.items():
@@ -415,7 +415,7 @@ def test_cli_defaults_match_the_server_config():
 def test_serve_command_serves_and_stops_cleanly_on_sigterm(onnx_dir, speech, offline):
     port = loadtest._free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    process = subprocess.Popen([sys.executable, "-m", "codec.commands.serve", "--onnx", str(onnx_dir), "--port",
+    process = subprocess.Popen([sys.executable, "-m", "export.commands.serve", "--onnx", str(onnx_dir), "--port",
                                 str(port), "--max-streams", "4"], stderr=subprocess.PIPE, text=True, env=env)
     try:
         url = f"ws://127.0.0.1:{port}/v1/stream"
@@ -438,7 +438,7 @@ def test_serve_command_serves_and_stops_cleanly_on_sigterm(onnx_dir, speech, off
 
 
 def test_loadtest_command_runs_a_server_process(onnx_dir, tmp_path):
-    """`python -m export.loadtest` starts `python -m codec.commands.serve` on 127.0.0.1, runs one level and
+    """`python -m export.loadtest` starts `python -m export.commands.serve` on 127.0.0.1, runs one level and
     stops it; the JSON report carries the server's CPU cost per second of audio."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
     result = subprocess.run([sys.executable, "-m", "export.loadtest", "--onnx", str(onnx_dir), "--seconds", "1",
@@ -448,7 +448,7 @@ def test_loadtest_command_runs_a_server_process(onnx_dir, tmp_path):
     report = json.loads(result.stdout)
     level = report["levels"][0]
     assert level["streams"] == 1 and level["verified"] == 1 and level["server_cpu_per_audio_s"] > 0
-    bad = subprocess.run([sys.executable, "-m", "codec.commands.serve", "--onnx", str(onnx_dir), "--max-streams",
+    bad = subprocess.run([sys.executable, "-m", "export.commands.serve", "--onnx", str(onnx_dir), "--max-streams",
                           "0"], capture_output=True, text=True, timeout=60, env=env)
     assert bad.returncode == 1 and bad.stderr.strip() == "voxtok: error: max-streams must be at least 1, got 0"
 

@@ -60,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
     import logging
     from pathlib import Path
 
-    from codec.commands.stream import cached_export
     from codec.errors import VoxtokError
+    from export.cache import cached_export
     from export.runtime import ExportedCodec
 
     try:
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m codec.commands.serve ...`: the same command without the `voxtok` front end."""
+    """`python -m export.commands.serve ...`: the same command without the `voxtok` front end."""
     from codec.errors import VoxtokError
 
     parser = argparse.ArgumentParser(prog="voxtok")

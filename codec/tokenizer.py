@@ -1,0 +1,53 @@
+"""The tokenizer interface that everything downstream consumes (after Moshi's CompressionModel): eval, bench, the
+ONNX export and the speech LM ask a tokenizer for these and nothing else, so a new bottleneck or decoder is a new
+class, not edits across the packages. VoxtokCodec (v1) and HarmonicCodec (v2) implement it."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    @property
+    def sample_rate(self) -> int:
+        """Audio samples per second in and out."""
+
+    @property
+    def frame_rate(self) -> float:
+        """Token frames per second."""
+
+    @property
+    def num_codebooks(self) -> int:
+        """Codebooks per frame at the highest operating point."""
+
+    @property
+    def cardinality(self) -> int:
+        """Entries per codebook: every code is in [0, cardinality)."""
+
+    @property
+    def decoder_delay(self) -> int:
+        """Samples the decoder's streaming output runs behind its input (dropped at the start of a stream)."""
+
+    def num_quantizers_for(self, bitrate_kbps: float | None) -> int:
+        """Codebooks for a bitrate: the most that fit (all when None)."""
+
+    def encode(self, wav: torch.Tensor, num_quantizers: int | None = None) -> torch.Tensor:
+        """[B, 1, N] audio -> [B, q, frames] int64 codes."""
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """[B, q, frames] codes -> [B, 1, frames * samples per frame] audio, aligned with the encoder's input."""
+
+    def streaming(self, batch_size: int = 1, num_quantizers: int | None = None) -> AbstractContextManager:
+        """Inside this context encode_chunk / decode_chunk carry state from call to call."""
+
+    def encode_chunk(self, wav: torch.Tensor) -> torch.Tensor: ...
+
+    def decode_chunk(self, codes: torch.Tensor) -> torch.Tensor: ...
+
+    def flush_encoder(self) -> torch.Tensor: ...
+
+    def flush_decoder(self) -> torch.Tensor: ...
