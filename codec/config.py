@@ -132,6 +132,9 @@ class HarmonicCodecConfig(CodecConfig):
     pitch_window: int = 640
     pitch_lags: int = 64
     ap_bands: int = 0
+    # 0: F0 regressed as log2(F0 / 150 Hz). N > 0: F0 classified into N log-spaced bins from 50 to 600 Hz (as CREPE
+    # does), which learns the pitch period's position from the autocorrelation far faster than a regression.
+    f0_bins: int = 0
     enc_sub_dim: int = 128
     enc_sub_layers: int = 2
     enc_dim: int = 256
@@ -142,7 +145,8 @@ class HarmonicCodecConfig(CodecConfig):
 
     @property
     def params_per_subframe(self) -> int:
-        return self.bands + 2 + self.ap_bands  # log-mel, log2 F0, voicing logit, aperiodicity logits
+        # log-mel, F0 (log2 F0, or one logit per bin), voicing logit, aperiodicity logits
+        return self.bands + max(1, self.f0_bins) + 1 + self.ap_bands
 
     def validate(self) -> None:
         super().validate()
@@ -156,7 +160,8 @@ class HarmonicCodecConfig(CodecConfig):
             raise ValueError("pitch_window must be a multiple of subframe")
 
 
-_HARMONIC_BOUNDS = {"bands": (8, 256), "pitch_window": (80, 8192), "pitch_lags": (1, 512), "ap_bands": (0, 64)}
+_HARMONIC_BOUNDS = {"bands": (8, 256), "pitch_window": (80, 8192), "pitch_lags": (1, 512), "ap_bands": (0, 64),
+                    "f0_bins": (0, 1024)}
 
 
 def config_from_dict(data: dict) -> CodecConfig:

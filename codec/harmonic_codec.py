@@ -28,8 +28,18 @@ from codec.modules.convnext import ChannelLayerNorm, ConvNeXtBlock
 from codec.modules.harmonic import F0_MAX_HZ, F0_MIN_HZ, HarmonicSynth, SpectralFrames, SynthAnalysis
 from codec.modules.streaming import State, StreamingModule, StreamingSequential
 
-# F0 is predicted as log2(F0 / F0_REFERENCE_HZ), i.e. in octaves around a mid speaking pitch.
+# F0 is predicted as log2(F0 / F0_REFERENCE_HZ), i.e. in octaves around a mid speaking pitch, or classified into
+# bins log-spaced over [F0_BINS_LOW_HZ, F0_BINS_HIGH_HZ].
 F0_REFERENCE_HZ = 150.0
+F0_BINS_LOW_HZ = 50.0
+F0_BINS_HIGH_HZ = 600.0
+# The classified F0 is the probability-weighted mean log-frequency of the bins this close to the most likely one.
+F0_BIN_NEIGHBOURS = 2
+
+
+def f0_bin_centres(bins: int) -> torch.Tensor:
+    """log2 of the bin centre frequencies, [bins]."""
+    return torch.linspace(math.log2(F0_BINS_LOW_HZ), math.log2(F0_BINS_HIGH_HZ), bins)
 
 
 class EncoderFeatures(StreamingModule):
@@ -93,15 +103,18 @@ class SynthParameters(StreamingModule):
         super().__init__()
         self.subframes = cfg.subframes_per_frame
         self.bands, self.ap_bands = cfg.bands, cfg.ap_bands
+        self.f0_channels = max(1, cfg.f0_bins)
+        self.classified = cfg.f0_bins > 0
         self.channels = cfg.params_per_subframe
         self.out = nn.Linear(dim, self.subframes * self.channels)
         nn.init.zeros_(self.out.weight)
-        with torch.no_grad():  # start from a quiet, voiced, mostly periodic 150 Hz: a sane synthesiser input
+        if self.classified:
+            self.register_buffer("bin_log2", f0_bin_centres(cfg.f0_bins), persistent=False)
+        with torch.no_grad():  # start from a quiet, voiced, mostly periodic ~150 Hz: a sane synthesiser input
             bias = self.out.bias.view(self.subframes, self.channels)
             bias.zero_()
             bias[:, : self.bands] = -6.0
-            bias[:, self.bands + 1] = 0.0
-            bias[:, self.bands + 2:] = -2.0
+            bias[:, self.bands + self.f0_channels + 1:] = -2.0
 
     def raw(self, x: torch.Tensor) -> torch.Tensor:
         """[B, dim, T] -> [B, channels, T * subframes] before the squashing of `forward`."""
@@ -110,12 +123,25 @@ class SynthParameters(StreamingModule):
         return h.transpose(1, 2)
 
     def squash(self, raw: torch.Tensor) -> torch.Tensor:
-        b = self.bands
+        b, k = self.bands, self.f0_channels
         log_mel = raw[:, :b].clamp(min=math.log(1e-5), max=math.log(1e3))
-        f0 = F0_REFERENCE_HZ * torch.exp2(raw[:, b:b + 1].clamp(-3.0, 3.0))
-        voicing = torch.sigmoid(raw[:, b + 1:b + 2])
-        aperiodicity = torch.sigmoid(raw[:, b + 2:])
+        if self.classified:
+            f0 = torch.exp2(self.classified_log2_f0(raw[:, b:b + k]))
+        else:
+            f0 = F0_REFERENCE_HZ * torch.exp2(raw[:, b:b + 1].clamp(-3.0, 3.0))
+        voicing = torch.sigmoid(raw[:, b + k:b + k + 1])
+        aperiodicity = torch.sigmoid(raw[:, b + k + 1:])
         return torch.cat([log_mel, f0, voicing, aperiodicity], dim=1)
+
+    def classified_log2_f0(self, logits: torch.Tensor) -> torch.Tensor:
+        """[B, bins, J] logits -> [B, 1, J] log2 F0: the probability-weighted mean of the bins within
+        F0_BIN_NEIGHBOURS of the most likely one (a plain mean over all bins would land between two octaves)."""
+        probs = torch.softmax(logits, dim=1)
+        index = torch.arange(logits.shape[1], device=logits.device)[None, :, None]
+        best = probs.argmax(dim=1, keepdim=True)
+        near = ((index - best).abs() <= F0_BIN_NEIGHBOURS).to(probs.dtype) * probs
+        centres = self.bin_log2.to(probs.dtype)[None, :, None]
+        return (near * centres).sum(dim=1, keepdim=True) / near.sum(dim=1, keepdim=True).clamp(min=1e-8)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.squash(self.raw(x))

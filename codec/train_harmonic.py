@@ -13,6 +13,7 @@ WORLD targets come from the cache of codec.data.pitch (computed once per file, ~
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from tqdm import tqdm
 from codec.audio import load_audio
 from codec.data.pitch import cached_world_features
 from codec.dataset import read_manifest
-from codec.harmonic_codec import F0_REFERENCE_HZ, HarmonicCodecConfig
+from codec.harmonic_codec import F0_REFERENCE_HZ, HarmonicCodecConfig, f0_bin_centres
 from codec.modules.harmonic import SynthAnalysis
 from codec.train import TrainConfig, Trainer, learning_rate
 
@@ -138,20 +139,32 @@ class HarmonicTrainer(Trainer):
         latents = self.model.encoder(audio)
         quantized, _codes, commit = self.model.quantizer(latents)
         raw = self.model.decoder.raw_parameters(quantized)
-        b = mcfg.bands
+        b, k = mcfg.bands, max(1, mcfg.f0_bins)
         frame_mask = mask[:, None]
         mel = ((raw[:, :b] - target_mel).abs() * frame_mask).sum() / (frame_mask.sum() * b).clamp(min=1)
         voiced_mask = voiced * mask
-        f0_error = (raw[:, b] - torch.log2(f0 / F0_REFERENCE_HZ)).abs()
-        f0_loss = (f0_error * voiced_mask).sum() / voiced_mask.sum().clamp(min=1)
-        voicing = (F.binary_cross_entropy_with_logits(raw[:, b + 1], voiced, reduction="none") * mask).sum()
+        target_log2 = torch.log2(f0)
+        if mcfg.f0_bins:
+            # Cross-entropy against a Gaussian around the true bin (one bin wide), as CREPE trains.
+            centres = f0_bin_centres(mcfg.f0_bins).to(raw.device)
+            spacing = float(centres[1] - centres[0])
+            soft = torch.exp(-0.5 * ((centres[None, :, None] - target_log2[:, None]) / spacing) ** 2)
+            soft = soft / soft.sum(dim=1, keepdim=True)
+            per_frame = -(soft * torch.log_softmax(raw[:, b:b + k], dim=1)).sum(dim=1)
+            predicted_log2 = self.model.decoder.parameters_head.classified_log2_f0(raw[:, b:b + k].detach())[:, 0]
+        else:
+            per_frame = (raw[:, b] - torch.log2(f0 / F0_REFERENCE_HZ)).abs()
+            predicted_log2 = raw[:, b].detach() + math.log2(F0_REFERENCE_HZ)
+        f0_loss = (per_frame * voiced_mask).sum() / voiced_mask.sum().clamp(min=1)
+        f0_error = (predicted_log2 - target_log2).abs()
+        voicing = (F.binary_cross_entropy_with_logits(raw[:, b + k], voiced, reduction="none") * mask).sum()
         voicing = voicing / mask.sum().clamp(min=1)
         loss = cfg.mel_weight * mel + cfg.f0_weight * f0_loss + cfg.voicing_weight * voicing
         loss = loss + cfg.commit_weight * commit
         grad_norm = self.optimizer_step(self.opt_g, loss, list(self.model.parameters()))
         with torch.no_grad():
             cents = 1200 * (f0_error * voiced_mask).sum() / voiced_mask.sum().clamp(min=1)
-            decided = ((raw[:, b + 1] > 0).float() != voiced).float()
+            decided = ((raw[:, b + k] > 0).float() != voiced).float()
             voicing_error = (decided * mask).sum() / mask.sum().clamp(min=1)
         return {"mel": mel.item(), "f0_cents": cents.item(), "voicing_bce": voicing.item(),
                 "voicing_error": voicing_error.item(), "commit": commit.item(), "grad_norm": grad_norm,

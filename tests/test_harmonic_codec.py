@@ -349,3 +349,18 @@ def test_both_codecs_implement_the_tokenizer_interface(tiny_model, codec_model):
         assert model.decoder_delay == model.config.window - model.config.subframe
         assert model.num_quantizers_for(None) == model.num_codebooks
         assert model.cardinality == model.config.codebook_size
+
+
+def test_classified_f0_reads_the_most_likely_bin_not_the_mean_of_two_octaves():
+    from codec.harmonic_codec import SynthParameters, f0_bin_centres
+
+    head = SynthParameters(8, tiny_config(f0_bins=32))
+    centres = f0_bin_centres(32)
+    logits = torch.full((1, 32, 3), -10.0)
+    logits[0, 10, 0] = 5.0  # one clear bin
+    logits[0, 4, 1], logits[0, 24, 1] = 5.0, 4.0  # two octaves apart: the stronger wins, no average between
+    logits[0, 15, 2], logits[0, 16, 2] = 5.0, 5.0  # two neighbours: their mean
+    got = head.classified_log2_f0(logits)[0, 0]
+    assert abs(got[0] - centres[10]) < 1e-3
+    assert abs(got[1] - centres[4]) < 0.05
+    assert abs(got[2] - (centres[15] + centres[16]) / 2) < 1e-3
