@@ -14,10 +14,10 @@ import torch
 
 from codec.audio import audio_duration, is_silent, iter_audio, load_audio, save_audio_blocks
 from codec.binary import ModelTokens, TokenHeader, decode_vtok, encode_vtok
+from codec.config import DEFAULT_MODEL
 from codec.errors import VoxtokError
 from codec.model import VoxtokCodec
 
-DEFAULT_MODEL = "voxtok-16k"
 PRETRAINED_ROOT = Path(__file__).resolve().parent / "pretrained"
 # Above this many seconds, encode/decode run chunk by chunk through the streaming path.
 STREAM_ABOVE_SECONDS = 60.0
@@ -31,7 +31,7 @@ def available_models() -> list[str]:
 
 
 def load_codec(name_or_path: str | Path | None = None, device: str = "cpu") -> VoxtokCodec:
-    """A shipped model by name (default: voxtok-16k) or a folder with config.json + model.safetensors."""
+    """A shipped model by name (default: DEFAULT_MODEL) or a folder with config.json + model.safetensors."""
     target = name_or_path or DEFAULT_MODEL
     path = Path(target)
     if not path.is_dir():

@@ -7,6 +7,10 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+# The shipped model `voxtok` uses when no --model is given (the one place this is decided; torch-free, so the
+# ONNX runtime's commands find it too).
+DEFAULT_MODEL = "voxtok-16k"
+
 
 @dataclass
 class CodecConfig:

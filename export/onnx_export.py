@@ -346,7 +346,8 @@ def model_weights_sha256(model_dir: str | Path) -> str | None:
 
 def resolve_model_dir(name_or_path: str | None) -> Path:
     """The folder load_codec would read, so the manifest can record a hash of its weights."""
-    from codec.compress import DEFAULT_MODEL, PRETRAINED_ROOT
+    from codec.compress import PRETRAINED_ROOT
+    from codec.config import DEFAULT_MODEL
 
     target = name_or_path or DEFAULT_MODEL
     path = Path(target)

@@ -11,7 +11,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="speed and latency benchmark (real-time factors, per-chunk latency, memory)",
                        description="Time offline and streaming encode/decode on real speech, each system and "
                                    "thread count in a fresh process; print a Markdown report of medians.")
-    p.add_argument("--model", default=None, help="shipped model name or model folder (default voxtok-16k)")
+    p.add_argument("--model", default=None, help="shipped model name or model folder (default: the default model)")
     p.add_argument("--input", default=None, help="speech file (default: LibriSpeech 1089-134686-0000 from "
                                                  "$VOXTOK_DATA or ../shared/data/real)")
     p.add_argument("--seconds", type=float, default=10.0, help="audio length for offline runs (default 10)")

@@ -10,7 +10,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("decode", help="decode .vtok token files (or .npy code arrays) to audio")
     p.add_argument("inputs", nargs="+", help=".vtok/.npy files or folders (searched recursively)")
     p.add_argument("-o", "--output", required=True, help="output .wav/.flac (one input) or folder")
-    p.add_argument("--model", default=None, help="shipped model name or model folder (default voxtok-16k)")
+    p.add_argument("--model", default=None, help="shipped model name or model folder (default: the default model)")
     p.add_argument("--audio-format", choices=["wav", "flac"], default="wav", help="format when OUT is a folder")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)

@@ -10,7 +10,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("encode", help="encode audio files, folders or a manifest into tokens")
     p.add_argument("inputs", nargs="+", help="audio files, folders (searched recursively) or manifest.jsonl")
     p.add_argument("-o", "--output", required=True, help="output file (one input) or folder")
-    p.add_argument("--model", default=None, help="shipped model name or model folder (default voxtok-16k)")
+    p.add_argument("--model", default=None, help="shipped model name or model folder (default: the default model)")
     p.add_argument("--bitrate", type=float, default=None, help="target kbps (default: all codebooks)")
     p.add_argument("--format", choices=["vtok", "npy"], default="vtok")
     p.add_argument("--batch-size", type=int, default=8, help="files per forward pass (short files)")

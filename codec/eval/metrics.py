@@ -343,6 +343,8 @@ class MetricSuite:
                 values[column] = errors.get(column) if errors else None
                 if errors is None:
                     notes[column] = notes["pitch"]
+                elif values[column] is None:
+                    notes[column] = "no frame is voiced in both the original and the decoded audio"
         if "sim" in self.groups and not np.any(deg):
             values["spk_sim"] = 0.0  # digital silence has no voice to resemble the speaker
         elif "sim" in self.groups:

@@ -24,8 +24,10 @@ def require(module: str, purpose: str) -> None:
     """Import `module` or fail with one line that names the extra to install."""
     try:
         with warnings.catch_warnings():
-            # resemblyzer 0.1.4 imports a SciPy namespace deprecated since 1.8; nothing for a user to act on.
+            # resemblyzer 0.1.4 imports a SciPy namespace deprecated since 1.8, pyworld 0.3 the deprecated
+            # pkg_resources; nothing for a user to act on.
             warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", UserWarning)
             importlib.import_module(module)
     except ImportError as exc:
         how = "pip install 'voxtok[eval]'"
