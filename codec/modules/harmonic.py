@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from codec.features import mel_filterbank
-from codec.modules.istft_head import inverse_rdft_basis
+from codec.modules.istft_head import inverse_rdft_basis, overlap_add
 from codec.modules.streaming import State, StreamingModule
 
 F0_MIN_HZ = 40.0
@@ -218,16 +218,6 @@ class HarmonicSynth(StreamingModule):
         gain = (torch.exp(mel) / band_magnitude) @ spread.T
         return mixed * gain.repeat(1, 1, 2)
 
-    def overlap_add(self, frames: torch.Tensor) -> torch.Tensor:
-        """[B, J, window] -> blocks [B, J + R - 1, hop] (as in ISTFTHead)."""
-        b, j, _ = frames.shape
-        r_total = self.overlap_blocks
-        pieces = frames.reshape(b, j, r_total, self.hop)
-        out = F.pad(pieces[:, :, 0], (0, 0, 0, r_total - 1))
-        for r in range(1, r_total):
-            out = out + F.pad(pieces[:, :, r], (0, 0, r, r_total - 1 - r))
-        return out
-
     # ---- offline and streaming -------------------------------------------------------------------------
     def step(self, params: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """[B, channels, J] -> the J * hop samples that no later frame touches, [B, 1, J * hop]."""
@@ -240,7 +230,7 @@ class HarmonicSynth(StreamingModule):
         joined = torch.cat([history, signals], dim=-1)
         spectra = self.frames.spectra(joined)  # [B, 2, J, 2 * bins]
         shaped = self.shape(spectra[:, 0], spectra[:, 1], log_mel, voicing, aperiodicity)
-        blocks = self.overlap_add(shaped @ self.inverse.to(shaped.dtype))
+        blocks = overlap_add(shaped @ self.inverse.to(shaped.dtype), self.hop)
         pending = self.overlap_blocks - 1
         blocks = torch.cat([blocks[:, :pending] + tail, blocks[:, pending:]], dim=1)
         new_state = [phase, f0[:, -1:], joined[..., -history.shape[-1]:], position + j * self.hop, blocks[:, j:]]

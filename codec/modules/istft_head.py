@@ -35,6 +35,18 @@ def inverse_rdft_basis(window: int, hop: int) -> torch.Tensor:
     return (torch.cat([real_rows, imag_rows]) * hann / ola_gain).float()
 
 
+def overlap_add(frames: torch.Tensor, hop: int) -> torch.Tensor:
+    """[B, J, window] -> blocks [B, J + R - 1, hop] with R = window / hop; block m = sum over r of frame m - r's
+    r-th block. Pads and adds, with no scatter, so it exports to ONNX as plain ops."""
+    b, j, window = frames.shape
+    r_total = window // hop
+    pieces = frames.reshape(b, j, r_total, hop)
+    out = F.pad(pieces[:, :, 0], (0, 0, 0, r_total - 1))
+    for r in range(1, r_total):
+        out = out + F.pad(pieces[:, :, r], (0, 0, r, r_total - 1 - r))
+    return out
+
+
 class ISTFTHead(StreamingModule):
     def __init__(self, dim: int, subframes: int, window: int, hop: int):
         super().__init__()
@@ -59,14 +71,7 @@ class ISTFTHead(StreamingModule):
         return spectrum @ self.basis
 
     def overlap_add(self, frames: torch.Tensor) -> torch.Tensor:
-        """[B, J, window] -> blocks [B, J + R - 1, hop]; block m = sum over r of frame m - r's r-th block."""
-        b, j, _ = frames.shape
-        r_total = self.overlap_blocks
-        pieces = frames.reshape(b, j, r_total, self.hop)
-        out = F.pad(pieces[:, :, 0], (0, 0, 0, r_total - 1))
-        for r in range(1, r_total):
-            out = out + F.pad(pieces[:, :, r], (0, 0, r, r_total - 1 - r))
-        return out
+        return overlap_add(frames, self.hop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Offline: all blocks, including the R - 1 trailing partial ones, flattened: [B, 1, (J + R - 1) * hop]."""
