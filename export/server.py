@@ -63,6 +63,8 @@ from export.protocol import (
 from export.runtime import ExportedCodec
 
 log = logging.getLogger("voxtok.serve")
+# A pending connection younger than this is never closed to make room: real clients send start within milliseconds.
+PENDING_GRACE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -74,8 +76,11 @@ class ServerConfig:
     # 0: no per-address limit. Behind a reverse proxy every client has the proxy's address, so a default limit
     # per address would cap the whole service; set one when clients connect directly.
     max_streams_per_client: int = 0
-    max_pending: int = 64  # connected but no start message yet; one more closes the oldest
-    max_pending_per_client: int = 16
+    # Connected but no start message yet. One more closes the oldest that has waited over a second (a real client
+    # sends start within milliseconds); when none has, the newcomer is turned away instead. The limits are high
+    # enough for a burst of real clients from one address (the load test opens 64 connections at once).
+    max_pending: int = 256
+    max_pending_per_client: int = 128
     max_message_bytes: int = 256 * 1024
     threads: int = 2  # inference workers; each graph call itself runs on one thread
     max_batch: int = 16  # streams per graph call; 1 runs every stream alone
@@ -326,7 +331,7 @@ class CodecServer:
         self.totals = {"streams": 0, "refused": 0, "errors": 0, "evicted": 0, "unauthorized": 0}
         self._batchers: dict[str, StepBatcher] = {}
         # Admission bookkeeping: pending connections in arrival order, and started streams per client address.
-        self._pending: dict[ServerConnection, str] = {}
+        self._pending: dict[ServerConnection, tuple[str, float]] = {}
         self._streams_by_client: dict[str, int] = {}
 
     async def run(self, stop: asyncio.Event, on_ready: Callable[[int], None] | None = None) -> None:
@@ -412,27 +417,36 @@ class CodecServer:
         # compare_digest: the time taken does not say how much of a guess was right.
         return any(hmac.compare_digest(value.encode(), expected) for value in offered)
 
-    async def _admit_pending(self, ws: ServerConnection) -> None:
-        """Count a new connection as pending; past a pending limit, close the oldest pending connection (of the
-        same client address for the per-client limit), never a started stream."""
-        client = _client(ws)
-        self._pending[ws] = client
-        same_client = [c for c, address in self._pending.items() if address == client]
-        victims = []
-        if len(same_client) > self.config.max_pending_per_client:
-            victims.append(same_client[0])
-        elif len(self._pending) > self.config.max_pending:
-            victims.append(next(iter(self._pending)))
-        for victim in victims:
-            self._pending.pop(victim, None)
+    async def _admit_pending(self, ws: ServerConnection) -> bool:
+        """Count a new connection as pending. Past a pending limit, close the oldest pending connection (of the same
+        client address for the per-client limit) if it has waited over PENDING_GRACE_S, else turn the newcomer away;
+        never a started stream. False when the newcomer was turned away."""
+        client, now = _client(ws), time.monotonic()
+        same_client = [c for c, (address, _) in self._pending.items() if address == client]
+        candidates = []
+        if len(same_client) >= self.config.max_pending_per_client:
+            candidates = same_client
+        elif len(self._pending) >= self.config.max_pending:
+            candidates = list(self._pending)
+        if candidates:
+            oldest = candidates[0]
+            if now - self._pending[oldest][1] < PENDING_GRACE_S:
+                self.totals["refused"] += 1
+                await self._fail(ws, ProtocolError("too_many_pending", "too many connections are waiting to start; "
+                                                   "try again later"), CLOSE_BUSY)
+                return False
+            self._pending.pop(oldest)
             self.totals["evicted"] += 1
             # Closing it makes its pending recv() fail, which ends that handler the ordinary way.
-            asyncio.create_task(self._fail(victim, ProtocolError(
+            asyncio.create_task(self._fail(oldest, ProtocolError(
                 "start_timeout", "closed before a start message arrived: too many connections are waiting"),
                 CLOSE_BUSY))
+        self._pending[ws] = (client, now)
+        return True
 
     async def _handle(self, ws: ServerConnection) -> None:
-        await self._admit_pending(ws)
+        if not await self._admit_pending(ws):
+            return
         counted = False
         client = _client(ws)
         try:

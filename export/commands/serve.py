@@ -12,8 +12,8 @@ import sys
 
 # The server's defaults (export.server.ServerConfig), repeated here so `voxtok --help` needs no websockets import;
 # tests/test_server.py checks that they agree.
-DEFAULTS = {"host": "127.0.0.1", "port": 8765, "max_streams": 64, "max_streams_per_client": 0, "max_pending": 64,
-            "max_pending_per_client": 16, "max_message_bytes": 256 * 1024, "threads": 2, "max_batch": 16,
+DEFAULTS = {"host": "127.0.0.1", "port": 8765, "max_streams": 64, "max_streams_per_client": 0, "max_pending": 256,
+            "max_pending_per_client": 128, "max_message_bytes": 256 * 1024, "threads": 2, "max_batch": 16,
             "start_timeout": 5.0, "idle_timeout": 60.0}
 
 
@@ -32,8 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="started streams per client address (default 0: no limit, as behind a reverse proxy "
                         "every client has the proxy's address)")
     p.add_argument("--max-pending", type=int, default=d["max_pending"],
-                   help=f"connections still waiting to send start; one more closes the oldest "
-                        f"(default {d['max_pending']})")
+                   help=f"connections still waiting to send start; one more closes the oldest that has waited over "
+                        f"1 s, else is turned away (default {d['max_pending']})")
     p.add_argument("--max-pending-per-client", type=int, default=d["max_pending_per_client"],
                    help=f"the same per client address (default {d['max_pending_per_client']})")
     p.add_argument("--start-timeout", type=float, default=d["start_timeout"],
