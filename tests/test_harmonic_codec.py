@@ -364,3 +364,26 @@ def test_classified_f0_reads_the_most_likely_bin_not_the_mean_of_two_octaves():
     assert abs(got[0] - centres[10]) < 1e-3
     assert abs(got[1] - centres[4]) < 0.05
     assert abs(got[2] - (centres[15] + centres[16]) / 2) < 1e-3
+
+
+def test_decode_picks_the_shipped_model_a_token_file_names(tmp_path, capsys, codec_model, monkeypatch):
+    """Without --model, `voxtok decode` uses the shipped model each .vtok header names; an explicit --model that
+    does not match is still refused."""
+    import codec.compress
+    from codec.cli import main
+
+    shipped = tmp_path / "pretrained"
+    shipped.mkdir()
+    (shipped / "voxtok-16k").symlink_to(Path(codec.compress.PRETRAINED_ROOT) / "voxtok-16k", target_is_directory=True)
+    model = HarmonicCodec(tiny_config(name="voxtok-tiny-v2"))
+    model.quantizer.initialize(model.encoder(torch.from_numpy(voiced_signal(1.0))[None, None]))
+    model.save_pretrained(shipped / "voxtok-tiny-v2")
+    monkeypatch.setattr(codec.compress, "PRETRAINED_ROOT", shipped)
+    sf.write(tmp_path / "a.wav", voiced_signal(0.5), SR)
+    assert main(["encode", str(tmp_path / "a.wav"), "-o", str(tmp_path / "a.vtok"), "--model", "voxtok-tiny-v2"]) == 0
+    assert main(["encode", str(tmp_path / "a.wav"), "-o", str(tmp_path / "b.vtok")]) == 0
+    assert main(["decode", str(tmp_path / "a.vtok"), str(tmp_path / "b.vtok"), "-o", str(tmp_path / "out")]) == 0
+    assert sf.info(str(tmp_path / "out" / "a.wav")).frames == SR // 2
+    capsys.readouterr()
+    assert main(["decode", str(tmp_path / "a.vtok"), "-o", str(tmp_path / "x.wav"), "--model", "voxtok-16k"]) == 1
+    assert "made by model voxtok-tiny-v2" in capsys.readouterr().err

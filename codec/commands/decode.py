@@ -10,7 +10,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("decode", help="decode .vtok token files (or .npy code arrays) to audio")
     p.add_argument("inputs", nargs="+", help=".vtok/.npy files or folders (searched recursively)")
     p.add_argument("-o", "--output", required=True, help="output .wav/.flac (one input) or folder")
-    p.add_argument("--model", default=None, help="shipped model name or model folder (default: the default model)")
+    p.add_argument("--model", default=None,
+                   help="shipped model name or model folder (default: the shipped model each .vtok file names, "
+                        "else the default model)")
     p.add_argument("--audio-format", choices=["wav", "flac"], default="wav", help="format when OUT is a folder")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)
@@ -21,25 +23,44 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from codec.binary import load_codes_npy, read_bytes
-    from codec.compress import check_codes, decode_to_file, load_codec, read_tokens
+    from codec.binary import load_codes_npy, read_bytes, summarize_vtok
+    from codec.compress import available_models, check_codes, decode_to_file, load_codec, read_tokens
     from codec.errors import VoxtokError
     from codec.inputs import collect_inputs, plan_outputs
 
     suffix = "." + args.audio_format
     items = collect_inputs(args.inputs, {".vtok", ".npy"})
     plan = plan_outputs(items, Path(args.output), suffix, {".wav", ".flac"})
-    model = load_codec(args.model)
+    models = {}
+
+    def model_for(data: bytes | None):
+        """--model if given; else the shipped model a .vtok header names (a token file says what made it), else
+        the default model. Each is loaded once."""
+        name = args.model
+        if name is None and data is not None:
+            try:
+                named = summarize_vtok(data).header.model_id
+            except VoxtokError:
+                named = None  # read_tokens will report what is wrong with the file
+            name = named if named in available_models() else None
+        if name not in models:
+            models[name] = load_codec(name)
+        return models[name]
+
+    if args.model:
+        model_for(None)  # a bad --model fails once, before any file
     single = len(plan) == 1
     failures = 0
     for src, dest in tqdm(plan, unit="file", disable=args.quiet or single, leave=False):
         try:
+            data = None if src.suffix == ".npy" else read_bytes(src)
+            model = model_for(data)
             if src.suffix == ".npy":
                 codes = load_codes_npy(src)
                 check_codes(model, codes, str(src))
                 num_samples = None
             else:
-                header, codes = read_tokens(model, read_bytes(src), source=str(src))
+                header, codes = read_tokens(model, data, source=str(src))
                 num_samples = header.num_samples
             decode_to_file(model, codes, dest, num_samples)
         except VoxtokError as exc:

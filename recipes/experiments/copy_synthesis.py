@@ -1,8 +1,9 @@
 """Copy-synthesis ceiling of the harmonic-plus-noise head: analyse real dev speech (log-mel bands, pyworld F0,
 D4C aperiodicity), resynthesise with codec.modules.harmonic.HarmonicSynth, and score PESQ-WB / STOI against the
-original. No training and no quantization: this is what the head can reach when its parameters are exact.
+original (and DNSMOS OVRL, which needs no reference). No training and no quantization: this is what the head can
+reach when its parameters are exact.
 
-    python recipes/experiments/copy_synthesis.py --files 24 --variants rule,d4c --out runs/copy_synthesis
+    python recipes/experiments/copy_synthesis.py --files 24 --variants rule,d4c,noap --out runs/copy_synthesis24
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from codec.audio import load_audio
 from codec.data.pitch import world_features
 from codec.eval.metrics import pesq_wb, stoi
+from codec.eval.models import Judges
 from codec.eval.runner import read_manifest, read_split, select
 from codec.modules.harmonic import HarmonicSynth, SynthAnalysis
 
@@ -44,7 +46,8 @@ def main() -> None:
     rule_synth = HarmonicSynth(SR, WINDOW, HOP, args.bands)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    scores: dict[str, list[tuple[float, float]]] = {v: [] for v in args.variants.split(",")}
+    scores: dict[str, list[tuple[float, float, float]]] = {v: [] for v in ["orig", *args.variants.split(",")]}
+    dnsmos = Judges().dnsmos
     started = time.time()
     for entry in entries:
         ref = load_audio(root / entry.path, SR)
@@ -54,19 +57,20 @@ def main() -> None:
             log_mel = analysis(torch.from_numpy(ref)[None, None])[0]
         frames = log_mel.shape[-1]
         f0, voiced, ap = (torch.from_numpy(a[:frames]).float() for a in (feats.f0, feats.voiced, feats.aperiodicity))
-        for variant in scores:
+        scores["orig"].append((4.64, 1.0, dnsmos.score(ref)["ovrl"]))
+        for variant in [v for v in scores if v != "orig"]:
             head = rule_synth if variant == "rule" else synth
             ap_v = {"rule": torch.zeros(0, frames), "noap": torch.zeros(args.ap_bands, frames)}.get(variant, ap.T)
             params = torch.cat([log_mel, f0[None], voiced[None], ap_v], dim=0)[None]
             with torch.no_grad():
                 wav = head(params)[0, 0, WINDOW - HOP:][: len(ref)].numpy()
-            scores[variant].append((pesq_wb(ref, wav), stoi(ref, wav)))
+            scores[variant].append((pesq_wb(ref, wav), stoi(ref, wav), dnsmos.score(wav)["ovrl"]))
             if len(scores[variant]) <= 3:
                 sf.write(out / f"{Path(entry.path).stem}.{variant}.wav", wav, SR)
-        if len(scores[next(iter(scores))]) <= 3:
+        if len(scores["orig"]) <= 3:
             sf.write(out / f"{Path(entry.path).stem}.orig.wav", ref, SR)
     report = {v: {"pesq_wb": float(np.mean([s[0] for s in r])), "stoi": float(np.mean([s[1] for s in r])),
-                  "files": len(r)} for v, r in scores.items()}
+                  "dnsmos_ovrl": float(np.mean([s[2] for s in r])), "files": len(r)} for v, r in scores.items()}
     report["seconds"] = round(time.time() - started, 1)
     print(json.dumps(report, indent=2))
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
