@@ -84,7 +84,7 @@ def test_synth_voiced_frames_have_harmonics_at_f0():
     bin_hz = SR / len(audio)
     on = np.mean([spectrum[int(k * 200 / bin_hz)] for k in range(1, 10)])
     off = np.mean([spectrum[int((k + 0.5) * 200 / bin_hz)] for k in range(1, 10)])
-    assert on > 10 * off  # the built-in aperiodicity adds some noise between the harmonics
+    assert on > 10 * off
     # Unvoiced: no comb; the spectrum between "harmonics" is as strong as on them.
     params[:, -1] = 0.0
     noise = HarmonicSynth(SR, 320, 80, 32)(params)[0, 0, 4000:12000].numpy()
