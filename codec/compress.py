@@ -22,6 +22,8 @@ PRETRAINED_ROOT = Path(__file__).resolve().parent / "pretrained"
 # Above this many seconds, encode/decode run chunk by chunk through the streaming path.
 STREAM_ABOVE_SECONDS = 60.0
 STREAM_CHUNK_SECONDS = 20.0
+# Pieces a file's blocks go through the streaming encoder in: v2's encoder features are ~40 MB per 10 s in float64.
+ENCODE_PIECE_SECONDS = 2.0
 
 
 def available_models() -> list[str]:
@@ -106,7 +108,9 @@ def encode_blocks(model: VoxtokCodec, blocks: Iterable[np.ndarray], num_quantize
                 raise VoxtokError(f"{source}: audio contains NaN or infinite samples")
             num_samples += len(block)
             energy += float(np.square(block, dtype=np.float64).sum())
-            parts.append(model.encode_chunk(torch.from_numpy(block)[None, None]))
+            piece = max(1, int(ENCODE_PIECE_SECONDS * model.config.sample_rate))
+            for start in range(0, len(block), piece):
+                parts.append(model.encode_chunk(torch.from_numpy(block[start:start + piece])[None, None]))
             release_freed_memory()
         parts.append(model.flush_encoder())
     if num_samples == 0:

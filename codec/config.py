@@ -9,7 +9,7 @@ from pathlib import Path
 
 # The shipped model `voxtok` uses when no --model is given (the one place this is decided; torch-free, so the
 # ONNX runtime's commands find it too).
-DEFAULT_MODEL = "voxtok-16k"
+DEFAULT_MODEL = "voxtok-16k-v2"
 
 
 @dataclass

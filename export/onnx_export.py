@@ -187,20 +187,27 @@ def _quiet_exporter() -> None:
 
 
 def quantize_int8(src: Path, dest: Path) -> list[str]:
-    """Dynamic INT8 weights for the backbone MatMuls. The codebook search and the inverse-DFT basis stay
-    float: an int8 codebook distance flips nearest-neighbour choices, and the basis is the waveform.
-    Returns the names of the excluded nodes."""
+    """Dynamic INT8 weights for the backbone MatMuls. The codebook search and every fixed DSP matrix stay float:
+    an int8 codebook distance flips nearest-neighbour choices, the DFT bases are the waveform, and the harmonic
+    synthesiser's band filters divide by magnitudes that int8 rounding can zero. Returns the excluded nodes."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     model = onnx.load(str(src))
     keep_float = set()
     for init in model.graph.initializer:
-        if init.name.endswith(("codebooks", "norms", "basis")) or "tables" in init.name:
+        dsp = ("codebooks", "norms", "basis", "filters", "spread", "inverse", "acf_basis", "ap_spread")
+        if init.name.endswith(dsp) or "tables" in init.name:
             keep_float.add(init.name)
-    # Constants folded from the codebooks (transposed copies) lose their names; catch them by use.
+    # Constants folded from the codebooks (transposed copies) lose their names; catch them by use. And only the
+    # MatMuls of learned nn.Linear layers are quantized: the exporter records each node's module classes, and a
+    # plain matmul is a fixed DSP matrix (a band filter's folded transpose has no telling name of its own).
+    def learned(node) -> bool:
+        hierarchy = {p.key: p.value for p in node.metadata_props}.get("pkg.torch.onnx.class_hierarchy")
+        return hierarchy is None or "torch.nn.modules.linear.Linear" in hierarchy
+
     excluded = [n.name for n in model.graph.node
-                if n.op_type == "MatMul" and any(_traces_to(model, i, keep_float) for i in n.input)]
+                if n.op_type == "MatMul" and (not learned(n) or any(_traces_to(model, i, keep_float) for i in n.input))]
 
     def write(tmp: str) -> None:
         # quantize_dynamic logs advice about calibration pre-processing on the root logger; it does not
@@ -237,6 +244,13 @@ def export_onnx(model: VoxtokCodec, out_dir: str | Path, weights_sha256: str | N
     The model is copied and cast to float32 first: `from_pretrained` leaves the encoder in float64 for exact
     PyTorch inference, but the graphs are float32 for onnxruntime's fast kernels.
     """
+    from codec.config import HarmonicCodecConfig
+
+    if int8 and isinstance(model.config, HarmonicCodecConfig):
+        # Measured on voxtok-16k-v2 (step 2000): INT8 weights changed 80% of the code frames, and the decoder's
+        # predicted F0 moved enough to shift the harmonics' phase (decoded-audio SNR against fp32: -3 dB).
+        raise VoxtokError(f"{model.model_id}: INT8 graphs are not supported for the harmonic codec (int8 weights "
+                          "change most of its codes); export fp32")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise VoxtokError(f"{out_dir}: exists and is not a folder")

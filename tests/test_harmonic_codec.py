@@ -151,9 +151,10 @@ def test_streaming_codes_equal_offline_and_audio_matches(tiny_model, chunk_sampl
     assert (streamed - audio).abs().max() < 1e-4
 
 
-def test_save_load_and_token_files_of_the_other_version_are_refused(tiny_model, tmp_path, codec_model):
+def test_save_load_and_token_files_of_the_other_version_are_refused(tiny_model, tmp_path):
     from codec.compress import compress, decompress
 
+    codec_model = load_codec("voxtok-16k")  # codec v1
     tiny_model.save_pretrained(tmp_path / "v2")
     config = json.loads((tmp_path / "v2" / "config.json").read_text())
     assert config["architecture"] == "harmonic"
@@ -340,10 +341,10 @@ def test_gpu_burst_command_resumes_and_brings_the_checkpoint_back(tmp_path):
     assert (tmp_path / "out" / "checkpoint" / "model.safetensors").is_file()
 
 
-def test_both_codecs_implement_the_tokenizer_interface(tiny_model, codec_model):
+def test_both_codecs_implement_the_tokenizer_interface(tiny_model):
     from codec.tokenizer import Tokenizer
 
-    for model in (tiny_model, codec_model):
+    for model in (tiny_model, load_codec("voxtok-16k"), load_codec("voxtok-16k-v2")):
         assert isinstance(model, Tokenizer)
         assert model.sample_rate == 16000 and model.frame_rate == 50
         assert model.decoder_delay == model.config.window - model.config.subframe
@@ -381,9 +382,25 @@ def test_decode_picks_the_shipped_model_a_token_file_names(tmp_path, capsys, cod
     monkeypatch.setattr(codec.compress, "PRETRAINED_ROOT", shipped)
     sf.write(tmp_path / "a.wav", voiced_signal(0.5), SR)
     assert main(["encode", str(tmp_path / "a.wav"), "-o", str(tmp_path / "a.vtok"), "--model", "voxtok-tiny-v2"]) == 0
-    assert main(["encode", str(tmp_path / "a.wav"), "-o", str(tmp_path / "b.vtok")]) == 0
+    assert main(["encode", str(tmp_path / "a.wav"), "-o", str(tmp_path / "b.vtok"), "--model", "voxtok-16k"]) == 0
     assert main(["decode", str(tmp_path / "a.vtok"), str(tmp_path / "b.vtok"), "-o", str(tmp_path / "out")]) == 0
     assert sf.info(str(tmp_path / "out" / "a.wav")).frames == SR // 2
     capsys.readouterr()
     assert main(["decode", str(tmp_path / "a.vtok"), "-o", str(tmp_path / "x.wav"), "--model", "voxtok-16k"]) == 1
     assert "made by model voxtok-tiny-v2" in capsys.readouterr().err
+
+
+def test_shipped_v2_exports_to_onnx_with_parity(tmp_path, dev_speech):
+    """The shipped harmonic codec through the fp32 ONNX graphs: the same codes as PyTorch on real speech, the
+    same audio from the same codes, streaming equal to offline; INT8 is refused with a reason."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from export.onnx_export import export_onnx, verify_export
+
+    model = load_codec("voxtok-16k-v2")
+    export_onnx(model, tmp_path / "onnx")
+    figures = verify_export("voxtok-16k-v2", tmp_path / "onnx", audio=dev_speech[0][: 3 * SR])["fp32"]
+    print("voxtok-16k-v2 ONNX parity on 3 s of speech:", figures)
+    assert figures["ok"] and figures["code_frames_equal"] >= 0.995 and figures["decode_snr_db"] > 60
+    with pytest.raises(VoxtokError, match="INT8 graphs are not supported"):
+        export_onnx(model, tmp_path / "int8", int8=True)

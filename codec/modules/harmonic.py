@@ -177,14 +177,19 @@ class HarmonicSynth(StreamingModule):
         per_sample = (start[..., None] + (f0.to(torch.float64) - start)[..., None] * ramp).reshape(b, j * hop)
         phase = phase0 + torch.cumsum(per_sample * (2 * math.pi / self.sample_rate), dim=1)
         wrapped = torch.remainder(phase, 2 * math.pi)
-        count = torch.floor(self.nyquist_limit / per_sample).clamp(min=1.0)
+        # ceiling / F0 harmonics fit below the ceiling: all whole ones at full amplitude, and the next one faded in
+        # by the fractional part, so the excitation is a continuous function of F0 (a harmonic that appeared at
+        # full amplitude when F0 crossed a boundary would click, and would make chunked decoding differ).
+        fit = (self.nyquist_limit / per_sample).clamp(min=1.0)
+        count = torch.floor(fit)
         half = 0.5 * wrapped
         denominator = torch.sin(half)
         safe = torch.where(denominator.abs() < 1e-9, torch.ones_like(denominator), denominator)
         dirichlet = torch.sin((count + 0.5) * wrapped) / (2 * safe) - 0.5
         harmonic = torch.where(denominator.abs() < 1e-9, count, dirichlet)
-        # Unit-amplitude harmonics sum to a peak of `count`: scale to a comparable RMS whatever the pitch.
-        harmonic = harmonic * torch.rsqrt(count / 2)
+        harmonic = harmonic + (fit - count) * torch.cos((count + 1.0) * wrapped)
+        # Unit-amplitude harmonics sum to a peak of `fit`: scale to a comparable RMS whatever the pitch.
+        harmonic = harmonic * torch.rsqrt(fit / 2)
         return harmonic.to(f0.dtype), torch.remainder(phase[:, -1:], 2 * math.pi)
 
     def noise_at(self, position: torch.Tensor, length: int) -> torch.Tensor:
