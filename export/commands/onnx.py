@@ -10,7 +10,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     formats = p.add_subparsers(dest="export_format", required=True, metavar="FORMAT")
     o = formats.add_parser("onnx", help="streaming and offline ONNX graphs with the quantizer inside")
     o.add_argument("-o", "--output", required=True, help="output folder (graphs + manifest.json)")
-    o.add_argument("--model", default=None, help="shipped model name or model folder (default: the default model)")
+    o.add_argument("--model", default=None, help="shipped model name or model folder (default voxtok-16k)")
     o.add_argument("--int8", action="store_true", help="also write INT8 dynamically quantized graphs")
     o.add_argument("--no-verify", action="store_true", help="skip the PyTorch-vs-ONNX parity check")
     o.add_argument("--json", action="store_true", help="print the summary as JSON")
