@@ -101,6 +101,7 @@ def encode_blocks(model: VoxtokCodec, blocks: Iterable[np.ndarray], num_quantize
     Returns (codes [n_q, frames], number of samples)."""
     n_q = num_quantizers or model.config.num_quantizers
     parts, num_samples, energy = [], 0, 0.0
+    piece = max(1, int(ENCODE_PIECE_SECONDS * model.config.sample_rate))
     with model.streaming(1, n_q):
         for block in blocks:
             block = np.ascontiguousarray(block, dtype=np.float32)
@@ -108,15 +109,14 @@ def encode_blocks(model: VoxtokCodec, blocks: Iterable[np.ndarray], num_quantize
                 raise VoxtokError(f"{source}: audio contains NaN or infinite samples")
             num_samples += len(block)
             energy += float(np.square(block, dtype=np.float64).sum())
-            piece = max(1, int(ENCODE_PIECE_SECONDS * model.config.sample_rate))
             for start in range(0, len(block), piece):
                 parts.append(model.encode_chunk(torch.from_numpy(block[start:start + piece])[None, None]))
             release_freed_memory()
         parts.append(model.flush_encoder())
     if num_samples == 0:
         raise VoxtokError(f"{source}: audio is empty")
-    if np.sqrt(energy / num_samples) < SILENCE_RMS:
-        raise VoxtokError(f"{source}: audio is silent (nothing above -90 dBFS)")
+    if np.sqrt(energy / num_samples) < 10 ** (SILENCE_DB / 20):
+        raise VoxtokError(f"{source}: audio is silent (nothing above {SILENCE_DB:g} dBFS)")
     return torch.cat(parts, dim=-1)[0].numpy(), num_samples
 
 
@@ -211,7 +211,8 @@ def make_header(model: VoxtokCodec, codes: np.ndarray, num_samples: int) -> Toke
                        num_frames=int(codes.shape[1]))
 
 
-SILENCE_RMS = 10 ** (-90.0 / 20)
+# Audio whose RMS level is below this is refused as silent (whole files and streamed ones alike).
+SILENCE_DB = -90.0
 
 
 def check_encodable(samples: np.ndarray, source: str = "audio") -> None:
@@ -219,8 +220,8 @@ def check_encodable(samples: np.ndarray, source: str = "audio") -> None:
         raise VoxtokError(f"{source}: audio is empty")
     if not np.isfinite(samples).all():
         raise VoxtokError(f"{source}: audio contains NaN or infinite samples")
-    if is_silent(samples, threshold_db=-90.0):
-        raise VoxtokError(f"{source}: audio is silent (nothing above -90 dBFS)")
+    if is_silent(samples, threshold_db=SILENCE_DB):
+        raise VoxtokError(f"{source}: audio is silent (nothing above {SILENCE_DB:g} dBFS)")
 
 
 def compress(model: VoxtokCodec, samples: np.ndarray, sample_rate: int,
