@@ -7,14 +7,9 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-# The shipped model `voxtok` uses when no --model is given (the one place this is decided; torch-free, so the
-# ONNX runtime's commands find it too).
+# The shipped model `voxtok` uses when no --model is given, in PyTorch and on the ONNX path (`export onnx`,
+# `stream`, `serve`) alike (the one place this is decided; torch-free, so the ONNX runtime's commands find it).
 DEFAULT_MODEL = "voxtok-16k-v2"
-# The ONNX path (`voxtok export onnx`, `stream`, `serve`) defaults to codec v1 for now: v2's float32 graphs give
-# the same codes streaming or offline, but its decoder integrates F0 into phase, and float32 noise that differs
-# between chunkings drifts the streamed audio away from the offline decode (by 0.15 after 3 s of speech), which
-# breaks the server's exact-match guarantee. Pass --model voxtok-16k-v2 to stream v2 through ONNX anyway.
-DEFAULT_ONNX_MODEL = "voxtok-16k"
 
 
 @dataclass

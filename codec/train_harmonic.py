@@ -2,12 +2,18 @@
 input, so no discriminator and no waveform loss is needed.
 
     loss = mel_weight * L1(log-mel bands, analysis of the input)
+         + synth_mel_weight * L1(analysis of the synthesised audio, analysis of the input)
          + f0_weight * L1(log2 F0, WORLD's F0) on voiced frames       (an octave error costs f0_weight)
          + voicing_weight * BCE(voicing, WORLD's voicing decision)
          + commit_weight * RVQ commitment
 
-The synthesiser is fixed DSP and is not run during training steps (it is in the dev evaluation, through the
-ordinary encode/decode). Checkpoints, resume, logging and the dev evaluation are codec.train.Trainer's.
+The synthesiser is fixed, differentiable DSP. The synth term runs it on the predicted parameters (F0 detached:
+a magnitude loss says nothing useful about phase) and compares what comes out, so the bands learn what the
+synthesiser needs rather than the input's analysis: by analysis-by-synthesis on real dev speech with WORLD's F0,
+bands fitted through the synthesiser reach PESQ-WB 2.44 where the input's own bands reach 1.97
+(recipes/experiments/envelope_ceiling.py).
+
+Checkpoints, resume, logging and the dev evaluation are codec.train.Trainer's.
 WORLD targets come from the cache of codec.data.pitch (computed once per file, ~0.3x real time).
 """
 
@@ -83,6 +89,7 @@ class HarmonicTrainConfig(TrainConfig):
     f0_weight: float = 5.0
     voicing_weight: float = 1.0
     mel_weight: float = 1.0
+    synth_mel_weight: float = 0.0
     pitch_cache: str = "data/cache/world"
     pitch_method: str = "harvest"
     # The cache keeps WORLD's D4C aperiodicity in this many bands too (for experiments; v2 uses a fixed curve).
@@ -161,6 +168,11 @@ class HarmonicTrainer(Trainer):
         voicing = voicing / mask.sum().clamp(min=1)
         loss = cfg.mel_weight * mel + cfg.f0_weight * f0_loss + cfg.voicing_weight * voicing
         loss = loss + cfg.commit_weight * commit
+        stats = {}
+        if cfg.synth_mel_weight:
+            synth_mel = self.synth_mel_loss(raw, audio.shape[-1], target_mel, frame_mask)
+            loss = loss + cfg.synth_mel_weight * synth_mel
+            stats["synth_mel"] = synth_mel.item()
         grad_norm = self.optimizer_step(self.opt_g, loss, list(self.model.parameters()))
         with torch.no_grad():
             cents = 1200 * (f0_error * voiced_mask).sum() / voiced_mask.sum().clamp(min=1)
@@ -168,4 +180,19 @@ class HarmonicTrainer(Trainer):
             voicing_error = (decided * mask).sum() / mask.sum().clamp(min=1)
         return {"mel": mel.item(), "f0_cents": cents.item(), "voicing_bce": voicing.item(),
                 "voicing_error": voicing_error.item(), "commit": commit.item(), "grad_norm": grad_norm,
-                "loss": loss.item()}
+                "loss": loss.item(), **stats}
+
+    def synth_mel_loss(self, raw: torch.Tensor, samples: int, target_mel: torch.Tensor,
+                       frame_mask: torch.Tensor) -> torch.Tensor:
+        """L1 between the log-mel analysis of the synthesised crop and the input's, frame for frame."""
+        mcfg = self.model.config
+        head, synth = self.model.decoder.parameters_head, self.model.decoder.synth
+        params = head.squash(raw)
+        b = mcfg.bands
+        params = torch.cat([params[:, :b], params[:, b:b + 1].detach(), params[:, b + 1:]], dim=1)
+        audio = synth(params)[..., mcfg.decoder_delay:mcfg.decoder_delay + samples]
+        got = self.analysis(audio)
+        frames = min(got.shape[-1], target_mel.shape[-1])
+        mask = frame_mask[..., :frames]
+        diff = (got[..., :frames] - target_mel[..., :frames]).abs() * mask
+        return diff.sum() / (mask.sum() * b).clamp(min=1)

@@ -44,10 +44,10 @@ def cached_export(model: str | None, int8: bool) -> Path:
 
 def shipped_model_dir(model: str | None) -> Path:
     """The folder of a shipped model name or a model path, found without importing torch."""
-    from codec.config import DEFAULT_ONNX_MODEL
+    from codec.config import DEFAULT_MODEL
     from codec.errors import VoxtokError
 
-    target = model or DEFAULT_ONNX_MODEL
+    target = model or DEFAULT_MODEL
     path = Path(target)
     if path.is_dir():
         return path

@@ -361,9 +361,9 @@ def model_weights_sha256(model_dir: str | Path) -> str | None:
 def resolve_model_dir(name_or_path: str | None) -> Path:
     """The folder load_codec would read, so the manifest can record a hash of its weights."""
     from codec.compress import PRETRAINED_ROOT
-    from codec.config import DEFAULT_ONNX_MODEL
+    from codec.config import DEFAULT_MODEL
 
-    target = name_or_path or DEFAULT_ONNX_MODEL
+    target = name_or_path or DEFAULT_MODEL
     path = Path(target)
     return path if path.is_dir() else PRETRAINED_ROOT / str(target)
 
@@ -371,9 +371,9 @@ def resolve_model_dir(name_or_path: str | None) -> Path:
 def export_pretrained(name_or_path: str | None, out_dir: str | Path, int8: bool = False) -> dict:
     """Load a shipped model (or model folder) and export it."""
     from codec.compress import load_codec
-    from codec.config import DEFAULT_ONNX_MODEL
+    from codec.config import DEFAULT_MODEL
 
-    model = load_codec(name_or_path or DEFAULT_ONNX_MODEL)
+    model = load_codec(name_or_path or DEFAULT_MODEL)
     return export_onnx(model, out_dir, model_weights_sha256(resolve_model_dir(name_or_path)), int8=int8)
 
 
@@ -402,10 +402,10 @@ def verify_export(name_or_path: str | None, out_dir: str | Path, audio: np.ndarr
     all agree, SNR of the ONNX decoder against PyTorch's on the same codes, whether streaming ONNX codes equal
     offline ONNX codes, and the SNR of streamed against offline ONNX audio. fp32 also gets `ok` (the bars)."""
     from codec.compress import decode_codes, encode_samples, load_codec
-    from codec.config import DEFAULT_ONNX_MODEL
+    from codec.config import DEFAULT_MODEL
     from export.runtime import ExportedCodec, OfflineCodec, StreamingDecoder, StreamingEncoder, load_manifest
 
-    model = load_codec(name_or_path or DEFAULT_ONNX_MODEL)
+    model = load_codec(name_or_path or DEFAULT_MODEL)
     audio = probe_signal(model.config.sample_rate) if audio is None else audio
     ref_codes = encode_samples(model, audio)
     ref_audio = decode_codes(model, ref_codes)

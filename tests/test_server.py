@@ -96,7 +96,8 @@ def test_int16_streams_match_offline_on_the_same_samples(server, codec, speech):
     codes = encode(server.url, quantized, SR, chunk_samples=800, sample_format="int16")
     assert np.array_equal(codes, OfflineCodec(codec).encode(quantized))
     audio = decode(server.url, codes, SR, sample_format="int16", num_samples=len(speech))
-    ref = OfflineCodec(codec).decode(codes, len(speech))
+    # int16 cannot hold the decoder's peaks above full scale (v2's harmonics can overshoot): they clip.
+    ref = np.clip(OfflineCodec(codec).decode(codes, len(speech)), -1.0, 32767 / 32768)
     assert np.abs(audio - ref).max() <= 1.5 / 32768  # int16 rounding only
 
 
