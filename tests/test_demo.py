@@ -1,0 +1,220 @@
+"""`voxtok demo`: the tabs' functions on the bundled clips and on bad input, then the real page in headless
+Chromium (Debian's chromium + chromedriver through selenium; nothing is downloaded): upload, run, listen to what
+came back, see the spectrograms, stream, and get a readable message for bad input. Screenshots are kept under
+$VOXTOK_TEST_ARTIFACTS (default runs/test-artifacts/demo)."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+pytest.importorskip("gradio")
+
+from demo import codec_tab, streaming_tab  # noqa: E402
+from demo.app import EXAMPLES_DIR, DemoConfig, examples, launch  # noqa: E402
+from demo.codec_tab import DemoInputError  # noqa: E402
+
+SR = 16000
+CLIP = EXAMPLES_DIR / "librispeech-1089-134686-0000.flac"
+ARTIFACTS = Path(os.environ.get("VOXTOK_TEST_ARTIFACTS", Path(__file__).parents[1] / "runs" / "test-artifacts"))
+
+
+def _envelope_correlation(a: np.ndarray, b: np.ndarray, frame: int = 320) -> float:
+    n = min(len(a), len(b)) // frame * frame
+    ea = np.log(np.square(a[:n]).reshape(-1, frame).mean(1) + 1e-8)
+    eb = np.log(np.square(b[:n]).reshape(-1, frame).mean(1) + 1e-8)
+    return float(np.corrcoef(ea, eb)[0, 1])
+
+
+def test_bundled_examples_are_small_speech_clips():
+    clips = examples()
+    assert len(clips) >= 2
+    for clip in clips:
+        info = sf.info(str(clip))
+        assert info.samplerate == SR and 2.0 < info.duration < 10.0 and clip.stat().st_size < 200_000
+    assert (EXAMPLES_DIR / "README.md").read_text().count("licence") >= 1
+
+
+def test_codec_ab_decodes_speech_beside_opus():
+    result = codec_tab.compare(CLIP, 1.5, "voxtok-16k-v2", with_metrics=False)
+    assert len(result.decoded) == len(result.original) and result.opus is not None
+    assert _envelope_correlation(result.original, result.decoded) > 0.8
+    assert _envelope_correlation(result.original, result.opus) > 0.8
+    # The true bitrate includes the container: a little above 1.5 kbps of codes, far below Opus.
+    assert 1.5 < result.voxtok_kbps < 2.5 and result.opus_kbps > 5.0
+    assert set(result.images) == {"original", "voxtok", "opus"}
+    assert all(img.shape[0] == 256 and img.shape[2] == 3 and img.std() > 10 for img in result.images.values())
+    assert "kbps" in result.markdown() and "Opus cannot go below 6 kbps" in result.markdown()
+
+
+def test_codec_ab_metrics_rank_opus_6_above_voxtok_at_half_a_kbps():
+    pytest.importorskip("pesq")
+    result = codec_tab.compare(CLIP, 0.5, "voxtok-16k-v2")
+    rows = result.metrics
+    vox, opus = rows["voxtok-16k-v2 @ 0.5 kbps"], rows["Opus @ 6 kbps"]
+    assert 1.0 <= vox["PESQ-WB"] < opus["PESQ-WB"] <= 4.7
+    assert 0.0 < vox["STOI"] <= 1.0 and "speaker sim" in vox
+    assert "| voxtok-16k-v2 @ 0.5 kbps |" in result.markdown()
+
+
+@pytest.mark.parametrize("case, message", [
+    ("text", "not an audio file"),
+    ("long", "this demo takes up to 3 s"),
+    ("silent", "silent"),
+    ("missing", "upload or record some audio first"),
+])
+def test_bad_input_gets_a_message_for_the_page(tmp_path, case, message):
+    path = {"text": tmp_path / "notes.wav", "long": CLIP, "silent": tmp_path / "silence.flac", "missing": None}[case]
+    if case == "text":
+        path.write_text("this is not audio\n")
+    if case == "silent":
+        sf.write(path, np.zeros(SR * 2, dtype=np.float32), SR)
+    with pytest.raises(DemoInputError, match=message):
+        codec_tab.compare(path, 1.5, max_seconds=3.0, with_metrics=False)
+
+
+def test_unknown_model_and_bitrate_are_refused():
+    with pytest.raises(DemoInputError, match="unknown model"):
+        codec_tab.compare(CLIP, 1.5, "voxtok-99k", with_metrics=False)
+    with pytest.raises(DemoInputError, match="not an operating point"):
+        codec_tab.compare(CLIP, 2.0, with_metrics=False)
+
+
+def test_streamed_file_equals_the_offline_runtime_decode():
+    from export.runtime import OfflineCodec
+
+    pieces = list(streaming_tab.stream_file(CLIP, paced=False))
+    assert len(pieces) >= 3  # handed back piece by piece, not at the end
+    streamed = np.concatenate([audio for audio, _ in pieces])
+    samples = codec_tab.load_upload(CLIP)
+    assert len(streamed) == len(samples)
+    offline = OfflineCodec(streaming_tab.exported_codec("voxtok-16k-v2"))
+    reference = offline.decode(offline.encode(samples), len(samples))
+    assert np.abs(streamed - reference).max() < 1e-4
+    figures = pieces[-1][1]
+    assert "chunks of 20 ms" in figures and "p95" in figures and "first audio" in figures
+
+
+def test_microphone_blocks_of_any_rate_and_size_stream_through():
+    samples = codec_tab.load_upload(CLIP)
+    stream = streaming_tab.MicrophoneStream()
+    out = []
+    # What a browser sends: 48 kHz int16 blocks of a size that is no multiple of a frame.
+    import soxr
+
+    at48k = (np.clip(soxr.resample(samples, SR, 48000), -1, 1) * 32767).astype(np.int16)
+    for start in range(0, len(at48k), 4410):
+        out.append(stream.push(streaming_tab.browser_block((48000, at48k[start:start + 4410]))))
+    out.append(stream.finish())
+    decoded = np.concatenate(out)
+    assert abs(len(decoded) - len(samples)) < 2 * 320 + 560
+    assert _envelope_correlation(samples, decoded) > 0.8
+    assert stream.figures.first_audio_ms is not None and len(stream.figures.latencies_ms) > 100
+
+
+# ---- the page in a real browser ---------------------------------------------------------------------
+
+def _browser():
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    if not binary or not driver_path:
+        pytest.skip("needs Debian's chromium and chromium-driver (.ci/install installs them)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1700"):
+        options.add_argument(arg)
+    return webdriver.Chrome(service=Service(driver_path), options=options)
+
+
+def _wait(condition, timeout: float = 120.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def page():
+    # No port given: Gradio takes the first free one from 7860 up.
+    app, url = launch(block=False, config=DemoConfig(max_seconds=30.0))
+    driver = _browser()
+    try:
+        yield driver, url
+    finally:
+        driver.quit()
+        app.close()
+
+
+def _fetch_wav(url: str) -> np.ndarray:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        data, _rate = sf.read(io.BytesIO(response.read()), dtype="float32")
+    return data.reshape(len(data), -1).mean(axis=1)
+
+
+def _upload(driver, container: str, path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    field = _wait(lambda: driver.find_elements(By.CSS_SELECTOR, f"#{container} input[type=file]"), 60,
+                  f"the file input of #{container}")
+    field[0].send_keys(str(path.resolve()))
+
+
+def test_page_codec_tab_streaming_tab_and_bad_input(page, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    driver, url = page
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    driver.get(url)
+    _upload(driver, "ab-input", CLIP)
+    time.sleep(1.0)
+    driver.find_element(By.CSS_SELECTOR, "#ab-run").click()
+    link = _wait(lambda: [a.get_attribute("href") for a in
+                          driver.find_elements(By.CSS_SELECTOR, "#ab-voxtok a[download]") if a.get_attribute("href")],
+                 180, "the decoded audio")[0]
+    decoded = _fetch_wav(link)
+    assert len(decoded) > SR * 3 and np.sqrt(np.mean(decoded**2)) > 0.005  # non-silent audio came back
+    for spec in ("ab-spec-original", "ab-spec-voxtok", "ab-spec-opus"):
+        _wait(lambda spec=spec: driver.execute_script(
+            f"const i = document.querySelector('#{spec} img'); return i && i.complete && i.naturalWidth > 100;"),
+            60, f"the {spec} image")
+    summary = driver.find_element(By.CSS_SELECTOR, "#ab-summary").text
+    assert "kbps" in summary and "PESQ-WB" in summary
+    driver.save_screenshot(str(ARTIFACTS / "demo_codec_ab.png"))
+
+    # A file that is not audio: a message on the page, and the app still serves.
+    bad = tmp_path / "notes.wav"
+    bad.write_text("not audio at all\n")
+    driver.get(url)
+    _upload(driver, "ab-input", bad)
+    time.sleep(1.0)
+    driver.find_element(By.CSS_SELECTOR, "#ab-run").click()
+    _wait(lambda: "audio" in " ".join(e.text for e in driver.find_elements(By.CSS_SELECTOR, ".toast-body")).lower(),
+          60, "an error message about the upload")
+    driver.save_screenshot(str(ARTIFACTS / "demo_bad_input.png"))
+
+    # The streaming tab, fed a bundled clip as fast as the CPU goes.
+    driver.get(url)
+    tab = _wait(lambda: [b for b in driver.find_elements(By.CSS_SELECTOR, "button[role=tab]") if b.text == "Streaming"],
+                30, "the streaming tab")
+    tab[0].click()
+    _upload(driver, "st-input", EXAMPLES_DIR / "flite-slt-codec.flac")
+    time.sleep(1.0)
+    driver.find_element(By.CSS_SELECTOR, "#st-run").click()
+    figures = _wait(lambda: (t := driver.find_element(By.CSS_SELECTOR, "#st-figures").text) and "first audio" in t
+                    and t, 120, "streaming figures")
+    assert "chunks of 20 ms" in figures and "p95" in figures
+    driver.save_screenshot(str(ARTIFACTS / "demo_streaming.png"))
