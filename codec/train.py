@@ -90,6 +90,8 @@ def load_recipe(path: str | Path) -> tuple[CodecConfig, TrainConfig]:
     flat: dict = {}
     for table in ("data", "optim", "loss", "train"):
         flat.update(recipe.get(table, {}))
+    if "terms" in recipe:  # auxiliary loss terms, one table each (codec.distill)
+        flat["terms"] = recipe["terms"]
     known = config_class.__dataclass_fields__
     unknown = set(flat) - set(known)
     if unknown:
@@ -253,6 +255,7 @@ class Trainer:
             tensors.update(d_tensors)
             meta["d"] = d_scalars
         save_file(tensors, str(tmp / "optimizer.safetensors"))
+        self.save_extra(tmp)
         (tmp / "trainer_state.json").write_text(json.dumps(
             {"step": self.step, "optimizers": meta, "train_config": self.cfg.__dict__}, indent=1))
         shutil.rmtree(self.ckpt, ignore_errors=True)
@@ -291,7 +294,14 @@ class Trainer:
             print("no optimizer state in checkpoint: fresh Adam moments, learning rate re-warmed")
             self.rewarm_from = step
         self.step = state["step"]
+        self.load_extra(self.ckpt)
         return True
+
+    def save_extra(self, directory: Path) -> None:
+        """Hook: a subclass's own checkpoint files, written into the checkpoint before it replaces the last."""
+
+    def load_extra(self, directory: Path) -> None:
+        """Hook: read what save_extra wrote (a checkpoint may predate it)."""
 
     # ---- evaluation --------------------------------------------------------------------------------
     @torch.no_grad()

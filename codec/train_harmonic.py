@@ -20,7 +20,7 @@ WORLD targets come from the cache of codec.data.pitch (computed once per file, ~
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,7 @@ from tqdm import tqdm
 from codec.audio import load_audio
 from codec.data.pitch import cached_world_features
 from codec.dataset import read_manifest
+from codec.distill import TermInputs, build_terms, first_codebook_straight_through
 from codec.harmonic_codec import F0_REFERENCE_HZ, HarmonicCodecConfig, f0_bin_centres
 from codec.modules.harmonic import SynthAnalysis
 from codec.train import TrainConfig, Trainer, learning_rate
@@ -41,6 +42,7 @@ class _Clip:
     samples: np.ndarray  # int16
     f0: np.ndarray  # [sub-frames] Hz
     voiced: np.ndarray  # [sub-frames] 0/1
+    phones: np.ndarray | None = None  # [code frames] phone index, -1 unlabelled (only when a term needs phones)
 
 
 class FeatureCropSampler:
@@ -55,7 +57,7 @@ class FeatureCropSampler:
         self.gain_db = gain_db
         self.rng = np.random.default_rng(seed)
 
-    def _crop(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _crop(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         crop = self.crop_frames * self.hop
         sub = crop // self.subframe
         for _ in range(8):
@@ -71,17 +73,21 @@ class FeatureCropSampler:
             mask = np.zeros(sub, dtype=np.float32)
             n = max(0, min(sub, len(clip.f0) - first, len(piece) // self.subframe))
             f0[:n], voiced[:n], mask[:n] = clip.f0[first:first + n], clip.voiced[first:first + n], 1.0
+            phones = np.full(self.crop_frames, -1, dtype=np.int64)
+            if clip.phones is not None:
+                labels = clip.phones[start // self.hop:start // self.hop + self.crop_frames]
+                phones[: len(labels)] = labels
             peak = np.abs(audio).max()
             if peak > 1e-3:
                 break
         if peak > 1e-3:
             audio *= 0.95 * 10 ** (self.rng.uniform(*self.gain_db) / 20) / peak
-        return audio, f0, voiced, mask
+        return audio, f0, voiced, mask, phones
 
     def batch(self, batch_size: int) -> tuple[np.ndarray, ...]:
         crops = [self._crop() for _ in range(batch_size)]
-        audio, f0, voiced, mask = (np.stack(parts) for parts in zip(*crops))
-        return audio[:, None], f0, voiced, mask
+        audio, f0, voiced, mask, phones = (np.stack(parts) for parts in zip(*crops))
+        return audio[:, None], f0, voiced, mask, phones
 
 
 @dataclass
@@ -94,6 +100,9 @@ class HarmonicTrainConfig(TrainConfig):
     pitch_method: str = "harvest"
     # The cache keeps WORLD's D4C aperiodicity in this many bands too (for experiments; v2 uses a fixed curve).
     pitch_ap_bands: int = 8
+    # Auxiliary terms ([terms.NAME] tables, codec.distill) and where their phone labels are cached.
+    terms: dict = field(default_factory=dict)
+    align_cache: str = "data/cache/align"
     use_period_discriminator: bool = False
     use_resolution_discriminator: bool = False
     adversarial_start: int = 1 << 62
@@ -107,24 +116,88 @@ class HarmonicTrainer(Trainer):
         super().__init__(model_cfg, cfg, device, progress)
         self.analysis = SynthAnalysis(model_cfg.sample_rate, model_cfg.window, model_cfg.subframe,
                                       model_cfg.bands).to(self.device)
+        self.terms = build_terms(cfg.terms, model_cfg.latent_dim).to(self.device)
+        self.opt_terms = torch.optim.AdamW(self.terms.parameters(), lr=cfg.lr, betas=cfg.betas,
+                                           weight_decay=cfg.weight_decay) if len(self.terms) else None
 
     def build_data(self) -> None:
         cfg, mcfg = self.cfg, self.model.config
         rows = read_manifest(cfg.real_root, cfg.real_split)
+        want_phones = any("phones" in term.needs for term in self.terms.values())
         clips = []
         for row in tqdm(rows, desc="loading real + pitch targets", disable=not self.progress, leave=False):
             path = Path(cfg.real_root) / row["path"]
             samples = load_audio(path, mcfg.sample_rate)
             feats = cached_world_features(path, row["path"], cfg.pitch_cache, mcfg.sample_rate, mcfg.subframe,
                                           cfg.pitch_ap_bands, cfg.pitch_method, samples=samples)
-            clips.append(_Clip((np.clip(samples, -1, 1) * 32767).astype(np.int16), feats.f0, feats.voiced))
+            phones = self._phones(path, row, samples) if want_phones else None
+            clips.append(_Clip((np.clip(samples, -1, 1) * 32767).astype(np.int16), feats.f0, feats.voiced, phones))
         minutes = sum(len(c.samples) for c in clips) / mcfg.sample_rate / 60
-        print(f"data: real: {len(clips)} files, {minutes:.1f} min, with WORLD targets")
+        labelled = sum(c.phones is not None for c in clips)
+        print(f"data: real: {len(clips)} files, {minutes:.1f} min, with WORLD targets"
+              + (f"; {labelled} with aligned phones" if want_phones else ""))
         crop_frames = max(1, int(round(cfg.crop_seconds * mcfg.frame_rate)))
         self.sampler = FeatureCropSampler(clips, crop_frames, mcfg.hop_length, mcfg.subframe, seed=self.data_seed())
         dev_rows = read_manifest(cfg.real_root, cfg.dev_split)
         stride = max(1, len(dev_rows) // max(1, cfg.eval_files))
         self.dev_rows = dev_rows[::stride][: cfg.eval_files]
+
+    def _phones(self, path: Path, row: dict, samples: np.ndarray) -> np.ndarray | None:
+        """Forced-aligned phones per code frame for a file with text (None without text or when it fails)."""
+        from codec.data.align import cached_alignment
+        from codec.errors import VoxtokError
+        from codec.eval.probes import code_frame_labels
+
+        text = row.get("text")
+        if not isinstance(text, str) or not text.strip():
+            return None
+        try:
+            alignment = cached_alignment(path, row["path"], text, self.cfg.align_cache, samples=samples)
+        except VoxtokError:
+            return None
+        mcfg = self.model.config
+        frames = -(-len(samples) // mcfg.hop_length)
+        return code_frame_labels(alignment.phones, frames, 1000.0 / mcfg.frame_rate)
+
+    def save_extra(self, directory: Path) -> None:
+        """The term heads and their optimizer, beside the codec's (they are not part of the shipped model)."""
+        if len(self.terms):
+            import json
+
+            from safetensors.torch import save_file
+
+            from codec.train import optimizer_tensors
+
+            weights = {k: v.contiguous() for k, v in self.terms.state_dict().items()}
+            save_file(weights, str(directory / "terms.safetensors"))
+            tensors, scalars = optimizer_tensors(self.opt_terms, "t")
+            if tensors:
+                save_file(tensors, str(directory / "terms_optimizer.safetensors"))
+            (directory / "terms_optimizer.json").write_text(json.dumps(scalars))
+
+    def load_extra(self, directory: Path) -> None:
+        """Term heads from the checkpoint when it has them (and they fit); otherwise they start fresh, which is
+        how a term is added to a trained codec (the A/B fine-tunes)."""
+        import json
+
+        from safetensors.torch import load_file
+
+        from codec.train import restore_optimizer
+
+        weights = directory / "terms.safetensors"
+        if not len(self.terms) or not weights.is_file():
+            if len(self.terms):
+                print(f"terms {', '.join(self.terms)}: starting fresh on this checkpoint")
+            return
+        try:
+            self.terms.load_state_dict(load_file(str(weights), device=str(self.device)))
+            tensors_path = directory / "terms_optimizer.safetensors"
+            tensors = load_file(str(tensors_path), device=str(self.device)) if tensors_path.is_file() else {}
+            scalars = json.loads((directory / "terms_optimizer.json").read_text())
+            restore_optimizer(self.opt_terms, "t", tensors, scalars)
+        except (RuntimeError, KeyError, ValueError, FileNotFoundError):
+            print(f"terms {', '.join(self.terms)}: the checkpoint's term heads do not fit this recipe; "
+                  "starting fresh")
 
     def batch(self) -> torch.Tensor:
         """Audio only (the quantizer's k-means initialisation asks for this)."""
@@ -140,11 +213,11 @@ class HarmonicTrainer(Trainer):
             lr *= (self.step - self.rewarm_from + 1) / cfg.warmup_steps
         for group in self.opt_g.param_groups:
             group["lr"] = lr
-        audio, f0, voiced, mask = self.next_batch()
+        audio, f0, voiced, mask, phones = self.next_batch()
         with torch.no_grad():
             target_mel = self.analysis(audio)
         latents = self.model.encoder(audio)
-        quantized, _codes, commit = self.model.quantizer(latents)
+        quantized, codes, commit = self.model.quantizer(latents)
         raw = self.model.decoder.raw_parameters(quantized)
         b, k = mcfg.bands, max(1, mcfg.f0_bins)
         frame_mask = mask[:, None]
@@ -169,11 +242,25 @@ class HarmonicTrainer(Trainer):
         loss = cfg.mel_weight * mel + cfg.f0_weight * f0_loss + cfg.voicing_weight * voicing
         loss = loss + cfg.commit_weight * commit
         stats = {}
+        if len(self.terms):
+            first = first_codebook_straight_through(latents, codes, self.model.quantizer.codebooks)
+            inputs = TermInputs(latents, first, phones=phones)
+            for term in self.terms.values():
+                term_loss, figures = term(inputs)
+                loss = loss + term.weight * term_loss
+                stats.update(figures)
         if cfg.synth_mel_weight:
             synth_mel = self.synth_mel_loss(raw, audio.shape[-1], target_mel, frame_mask)
             loss = loss + cfg.synth_mel_weight * synth_mel
             stats["synth_mel"] = synth_mel.item()
-        grad_norm = self.optimizer_step(self.opt_g, loss, list(self.model.parameters()))
+        if self.opt_terms is not None:
+            self.opt_terms.zero_grad(set_to_none=True)
+            for group in self.opt_terms.param_groups:
+                group["lr"] = lr
+        parameters = list(self.model.parameters()) + list(self.terms.parameters())
+        grad_norm = self.optimizer_step(self.opt_g, loss, parameters)
+        if self.opt_terms is not None:
+            self.opt_terms.step()
         with torch.no_grad():
             cents = 1200 * (f0_error * voiced_mask).sum() / voiced_mask.sum().clamp(min=1)
             decided = ((raw[:, b + k] > 0).float() != voiced).float()
