@@ -24,8 +24,15 @@ from codec.errors import VoxtokError
 @dataclass
 class TermInputs:
     latents: torch.Tensor  # [B, dim, T] encoder output
-    first_codebook: torch.Tensor  # [B, dim, T] RVQ-1's code vectors, gradient straight through to the encoder
+    codebooks: list[torch.Tensor]  # [B, dim, T] per codebook (RVQ-1, RVQ-2), gradient straight through
     phones: torch.Tensor | None = None  # [B, T] phone index per code frame, -1 where unlabelled
+    context: torch.Tensor | None = None  # [B, T, H] the text LM's state of the word at each frame
+    context_mask: torch.Tensor | None = None  # [B, T] 1 inside an aligned word
+    sentence: torch.Tensor | None = None  # [B, H] the utterance's sentence embedding (zeros without text)
+
+    @property
+    def first_codebook(self) -> torch.Tensor:
+        return self.codebooks[0]
 
 
 class LossTerm(nn.Module):
@@ -78,6 +85,54 @@ class PhoneTerm(LossTerm):
                       "phone_frames": float(known.sum())}
 
 
+def d_axis_loss(predicted: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """SpeechTokenizer's "D-axis" loss: for each feature dimension, the cosine similarity along time between the
+    prediction and the target (masked frames only), through -log sigmoid, averaged over dimensions and items.
+    predicted, target [B, T, D]; mask [B, T]."""
+    m = mask[..., None]
+    p, t = predicted * m, target * m
+    cos = (p * t).sum(1) / (p.norm(dim=1) * t.norm(dim=1)).clamp(min=1e-8)  # [B, D]
+    usable = mask.sum(1) >= 2
+    if not bool(usable.any()):
+        return predicted.sum() * 0.0
+    return -F.logsigmoid(cos[usable]).mean()
+
+
+@register
+class ContextTerm(LossTerm):
+    """Contextual distillation (DM-Codec / FuseCodec): a projection of one codebook's code vectors (RVQ-1 by
+    default) follows the text LM's state of the word being spoken (d_axis loss over the aligned frames), and its
+    mean over the utterance follows the sentence embedding (1 - cosine) with global_weight."""
+
+    name = "context"
+    needs = frozenset({"context"})
+
+    def __init__(self, latent_dim: int, weight: float = 1.0, global_weight: float = 1.0, codebook: int = 1,
+                 hidden: int = 384):
+        super().__init__(latent_dim, weight)
+        if codebook not in (1, 2):
+            raise ValueError(f"codebook must be 1 or 2, not {codebook}")
+        self.codebook, self.global_weight = codebook, float(global_weight)
+        self.projection = nn.Conv1d(latent_dim, hidden, 1)
+
+    def forward(self, inputs: TermInputs) -> tuple[torch.Tensor, dict[str, float]]:
+        projected = self.projection(inputs.codebooks[self.codebook - 1]).transpose(1, 2)  # [B, T, H]
+        frames = min(projected.shape[1], inputs.context.shape[1])
+        projected, target, mask = projected[:, :frames], inputs.context[:, :frames], inputs.context_mask[:, :frames]
+        word = d_axis_loss(projected, target, mask)
+        has_text = inputs.sentence.norm(dim=1) > 0
+        speech = mask.sum(1) > 0
+        use = has_text & speech
+        if bool(use.any()):
+            pooled = (projected * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+            sentence = 1 - F.cosine_similarity(pooled[use], inputs.sentence[use], dim=1).mean()
+        else:
+            sentence = projected.sum() * 0.0
+        loss = word + self.global_weight * sentence
+        return loss, {"context_word": word.item(), "context_sentence": sentence.item(),
+                      "context_frames": float(mask.sum())}
+
+
 def build_terms(tables: dict, latent_dim: int) -> nn.ModuleDict:
     """The recipe's [terms.*] tables -> the term modules, by registered name."""
     terms = nn.ModuleDict()
@@ -88,14 +143,19 @@ def build_terms(tables: dict, latent_dim: int) -> nn.ModuleDict:
             raise VoxtokError(f"[terms.{name}] must be a table")
         try:
             terms[name] = TERMS[name](latent_dim, **table)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise VoxtokError(f"[terms.{name}]: {exc}") from None
     return terms
 
 
-def first_codebook_straight_through(latents: torch.Tensor, codes: torch.Tensor, codebooks: torch.Tensor
-                                    ) -> torch.Tensor:
-    """RVQ-1's code vectors [B, dim, T] whose gradient goes to the latents (the straight-through estimator, as
-    the quantizer itself passes gradients), so a term on them trains the encoder."""
-    first = codebooks[0][codes[:, 0].clamp(min=0)].transpose(1, 2).to(latents.dtype)
-    return latents + (first - latents).detach()
+def codebooks_straight_through(latents: torch.Tensor, codes: torch.Tensor, codebooks: torch.Tensor,
+                               count: int = 2) -> list[torch.Tensor]:
+    """The code vectors of the first `count` codebooks, [B, dim, T] each, whose gradients go to the encoder by
+    the straight-through estimator (as the quantizer passes its own): RVQ-k stands in for the residual it
+    quantized, so a term on it trains the encoder."""
+    out, residual = [], latents
+    for k in range(min(count, codes.shape[1])):
+        vectors = codebooks[k][codes[:, k].clamp(min=0)].transpose(1, 2).to(latents.dtype)
+        out.append(residual + (vectors - residual).detach())
+        residual = residual - vectors.detach()
+    return out

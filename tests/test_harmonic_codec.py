@@ -281,7 +281,7 @@ def test_loss_through_the_synthesiser_trains_the_bands_not_the_phase(tmp_path):
     train_cfg.synth_mel_weight = 1.0
     trainer = HarmonicTrainer(model_cfg, train_cfg, progress=False)
     trainer.build_data()
-    audio, _f0, _voiced, mask, _phones = trainer.next_batch()
+    audio, _f0, _voiced, mask, *_labels = trainer.next_batch()
     target = trainer.analysis(audio)
     raw = trainer.model.decoder.raw_parameters(trainer.model.quantizer(trainer.model.encoder(audio))[0])
     raw = raw.detach().requires_grad_(True)

