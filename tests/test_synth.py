@@ -95,6 +95,8 @@ def test_train_and_dev_text_disjoint(sentences, voices):
     dev = synth.dev_plan(sentences)
     train = synth.train_plan(sentences, voices, 2000, seed=0)
     assert len(dev) == 48 and len({u.sentence_id for u in dev}) == 48
+    longer = synth.dev_plan(sentences, 100)  # the probes' held-out set: the dev set, then more of the sequence
+    assert longer[:48] == dev and len({u.sentence_id for u in longer}) == 100
     assert all(u.sentence_id % 50 == 0 for u in dev)
     assert not any(u.sentence_id % 50 == 0 for u in train)
     train_pool = {sentences[i] for i in synth.sentence_pool(sentences, "train")}
@@ -169,7 +171,7 @@ def test_dev_cli_prefix(tmp_path, sentences, voices, capsys):
     assert [r["speaker"] for r in rows] == [v.speaker for v in synth.DEV_VOICES]
     assert all("dev" in r["tags"] and r["note"].endswith("peak -3 dBFS") for r in rows)
     _check_schema(out, rows, sentences)
-    for bad in (["synth", str(tmp_path / "t")], ["synth", str(out), "--split", "dev", "--num", "49"]):
+    for bad in (["synth", str(tmp_path / "t")], ["synth", str(out), "--split", "dev", "--num", "100000"]):
         args = parser.parse_args(bad)
         with pytest.raises(VoxtokError):
             args.func(args)

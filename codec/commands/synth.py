@@ -11,13 +11,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "synth",
         help="generate synthetic speech with exact text (espeak-ng, flite, festival)",
         description="Write FLAC files and manifest.jsonl of synthetic speech. The train split is fixed by "
-        "--seed; the dev split is a fixed set of 48 held-out sentences (id %% 50 == 0) and ignores --seed. "
+        "--seed; the dev split is a fixed set of 48 held-out sentences (id %% 50 == 0) and ignores --seed "
+        "(a larger --num continues the same held-out sequence past those 48). "
         "Existing valid files are kept, so an interrupted run can be resumed.",
     )
     p.add_argument("out_dir", nargs="?", help="output folder (created if needed)")
     p.add_argument("--split", choices=["train", "dev"], default="train", help="default: train")
     p.add_argument("--num", type=int, default=None,
-                   help="number of utterances (required for train; dev default: the whole fixed set)")
+                   help="number of utterances (required for train; dev default: the fixed 48)")
     p.add_argument("--seed", type=int, default=0, help="train only (default 0)")
     p.add_argument("--jobs", type=int, default=1, help="parallel engine processes (default 1)")
     p.add_argument("--text", default=None,

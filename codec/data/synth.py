@@ -418,16 +418,18 @@ def train_plan(sentences: Sequence[str], voices: Sequence[SynthVoice], num: int,
 
 def dev_plan(sentences: Sequence[str], num: int | None = None) -> list[Utterance]:
     """The fixed dev set: len(DEV_VOICES) * DEV_PER_VOICE utterances of distinct held-out sentences of
-    DEV_TEXT_CHARS length; `num` takes a prefix."""
-    total = len(DEV_VOICES) * DEV_PER_VOICE
-    num = total if num is None else num
-    if not 1 <= num <= total:
-        raise VoxtokError(f"the synthetic dev set has {total} utterances; --num must be 1..{total}")
+    DEV_TEXT_CHARS length. `num` takes a prefix of one fixed sequence, so it may also go past the default set
+    (up to every usable held-out sentence, voices cycling) and the first 48 stay the dev set: the probes' 100
+    held-out sentences are `--split dev --num 100`."""
+    default = len(DEV_VOICES) * DEV_PER_VOICE
+    num = default if num is None else num
     lo, hi = DEV_TEXT_CHARS
     pool = [i for i in sentence_pool(sentences, "dev") if lo <= len(sentences[i]) <= hi]
-    if len(pool) < total:
-        raise VoxtokError(f"only {len(pool)} usable dev sentences in the text file; need {total}")
-    chosen = [pool[int(k)] for k in np.random.default_rng(DEV_SENTENCE_SEED).permutation(len(pool))[:total]]
+    if len(pool) < default:
+        raise VoxtokError(f"only {len(pool)} usable dev sentences in the text file; need {default}")
+    if not 1 <= num <= len(pool):
+        raise VoxtokError(f"the synthetic dev sequence has {len(pool)} utterances; --num must be 1..{len(pool)}")
+    chosen = [pool[int(k)] for k in np.random.default_rng(DEV_SENTENCE_SEED).permutation(len(pool))[:num]]
     return [Utterance(j, chosen[j], sentences[chosen[j]], DEV_VOICES[j % len(DEV_VOICES)], DEV_PEAK_DB)
             for j in range(num)]
 

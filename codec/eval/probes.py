@@ -4,6 +4,11 @@
   frames (silence left out): 1 when the code determines the phone, 0 when it says nothing about it.
 - A linear phone probe: softmax regression from the RVQ-1 code vector (standardised) to the phone, trained on one
   set of files and scored on another (held-out speakers): frame accuracy, beside the majority-class rate.
+- Sentence retrieval: RVQ-1 vectors mean-pooled over an utterance's speech frames, mapped by a ridge regression
+  (fitted on the training files) to MiniLM's sentence embedding; for each held-out utterance, is its own
+  sentence the nearest of the held-out sentences (top-1; chance is 1 / their number)?
+- A speaker probe: the same pooled vectors, softmax regression to the speaker over training files, scored on one
+  held-out file of each speaker with 3 or more (distillation is expected to lower it).
 
     python -m codec.eval.probes ../shared/data/real --train-split train --test-split dev [--model NAME]
 
@@ -20,6 +25,7 @@ import numpy as np
 import torch
 
 from codec.data.align import FRAME_MS, PHONES
+from codec.errors import VoxtokError
 
 
 @dataclass
@@ -28,6 +34,7 @@ class FrameSet:
     vectors: np.ndarray  # [frames, dim] RVQ-1 code vectors
     phones: np.ndarray  # [frames] index into PHONES (silence excluded)
     files: int
+    pooled: np.ndarray | None = None  # [files, dim] mean speech-frame vector per file
 
 
 def code_frame_labels(phones_10ms: np.ndarray, frames: int, frame_ms: float) -> np.ndarray:
@@ -41,8 +48,9 @@ def code_frame_labels(phones_10ms: np.ndarray, frames: int, frame_ms: float) -> 
 
 @torch.no_grad()
 def first_codebook_frames(model, items: list[tuple[np.ndarray, np.ndarray]]) -> FrameSet:
-    """items: (16 kHz audio, 10 ms phone labels) -> the speech frames' RVQ-1 codes, code vectors and phones."""
-    codes, vectors, phones = [], [], []
+    """items: (16 kHz audio, 10 ms phone labels) -> the speech frames' RVQ-1 codes, code vectors and phones;
+    FrameSet.pooled holds each item's mean speech-frame vector."""
+    codes, vectors, phones, pooled = [], [], [], []
     dtype = model.encoder_dtype
     frame_ms = 1000.0 / model.config.frame_rate
     for samples, labels in items:
@@ -54,7 +62,9 @@ def first_codebook_frames(model, items: list[tuple[np.ndarray, np.ndarray]]) -> 
         codes.append(first[0, 0].numpy()[keep])
         vectors.append(vec[keep])
         phones.append(lab[keep])
-    return FrameSet(np.concatenate(codes), np.concatenate(vectors), np.concatenate(phones), len(items))
+        pooled.append(vec[keep].mean(0) if keep.any() else vec.mean(0))
+    return FrameSet(np.concatenate(codes), np.concatenate(vectors), np.concatenate(phones), len(items),
+                    np.stack(pooled))
 
 
 def pnmi(codes: np.ndarray, phones: np.ndarray) -> float:
@@ -71,14 +81,15 @@ def pnmi(codes: np.ndarray, phones: np.ndarray) -> float:
     return float(mi / h_phone) if h_phone > 0 else 0.0
 
 
-def linear_probe(train: FrameSet, test: FrameSet, steps: int = 300, seed: int = 0) -> dict[str, float]:
-    """Softmax regression on standardised code vectors (Adam, full batch, a little weight decay)."""
+def linear_probe(train: FrameSet, test: FrameSet, steps: int = 300, seed: int = 0, classes: int = len(PHONES)
+                 ) -> dict[str, float]:
+    """Softmax regression on standardised vectors (Adam, full batch, a little weight decay)."""
     torch.manual_seed(seed)
     mean, std = train.vectors.mean(0), train.vectors.std(0) + 1e-6
     x_train = torch.from_numpy((train.vectors - mean) / std).float()
     x_test = torch.from_numpy((test.vectors - mean) / std).float()
-    y_train, y_test = torch.from_numpy(train.phones), torch.from_numpy(test.phones)
-    probe = torch.nn.Linear(x_train.shape[1], len(PHONES))
+    y_train, y_test = torch.from_numpy(train.phones).long(), torch.from_numpy(test.phones).long()
+    probe = torch.nn.Linear(x_train.shape[1], classes)
     opt = torch.optim.Adam(probe.parameters(), lr=0.05, weight_decay=1e-4)
     for _ in range(steps):
         loss = torch.nn.functional.cross_entropy(probe(x_train), y_train)
@@ -88,34 +99,106 @@ def linear_probe(train: FrameSet, test: FrameSet, steps: int = 300, seed: int = 
     with torch.no_grad():
         accuracy = float((probe(x_test).argmax(1) == y_test).float().mean())
         train_accuracy = float((probe(x_train).argmax(1) == y_train).float().mean())
-    majority = float((y_test == torch.bincount(y_train).argmax()).float().mean())
+    majority = float((y_test == torch.bincount(y_train.long()).argmax()).float().mean())
     return {"accuracy": accuracy, "train_accuracy": train_accuracy, "majority": majority}
 
 
-def labelled_items(root: Path, split: str, cache: str, limit: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(audio, 10 ms phones) for every file of the split that has text and aligns."""
+@dataclass
+class Labelled:
+    samples: np.ndarray
+    phones: np.ndarray  # 10 ms
+    words: list[str]
+    speaker: str | None
+
+
+def labelled_items(root: Path, split: str | None, cache: str, limit: int | None = None) -> list[Labelled]:
+    """Every file of the split (None: the whole manifest) that has text and aligns: audio, 10 ms phones, words
+    and speaker."""
     from codec.audio import load_audio
     from codec.data.align import cached_alignment
-    from codec.errors import VoxtokError
     from codec.eval.runner import read_manifest, read_split, select
 
     items = []
-    for entry in [e for e in select(read_manifest(root), read_split(split)) if e.text][:limit]:
+    rows = read_manifest(root)
+    if split is not None:
+        rows = select(rows, read_split(split))
+    for entry in [e for e in rows if e.text][:limit]:
         samples = load_audio(root / entry.path, 16000)
         try:
             alignment = cached_alignment(root / entry.path, entry.path, entry.text, cache, samples=samples)
         except VoxtokError:
             continue
-        items.append((samples, alignment.phones))
+        items.append(Labelled(samples, alignment.phones, [w for w, _, _ in alignment.words], entry.speaker))
     return items
 
 
-def probe_report(model, train_items, test_items) -> dict:
-    train, test = first_codebook_frames(model, train_items), first_codebook_frames(model, test_items)
-    return {"pnmi_train": pnmi(train.codes, train.phones), "pnmi_test": pnmi(test.codes, test.phones),
-            **{f"probe_{k}": v for k, v in linear_probe(train, test).items()},
-            "train_frames": len(train.phones), "test_frames": len(test.phones),
-            "train_files": train.files, "test_files": test.files}
+def sentence_retrieval(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
+                       ridge: float = 1.0) -> float:
+    """Top-1 retrieval of each held-out utterance's sentence embedding from its pooled vector, through a ridge
+    map fitted on the training pairs (standardised inputs; cosine similarity)."""
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    a, b = (train_x - mean) / std, (test_x - mean) / std
+    a = np.hstack([a, np.ones((len(a), 1))])
+    b = np.hstack([b, np.ones((len(b), 1))])
+    weights = np.linalg.solve(a.T @ a + ridge * np.eye(a.shape[1]), a.T @ train_y)
+    predicted = b @ weights
+    predicted /= np.linalg.norm(predicted, axis=1, keepdims=True) + 1e-8
+    targets = test_y / (np.linalg.norm(test_y, axis=1, keepdims=True) + 1e-8)
+    return float((np.argmax(predicted @ targets.T, axis=1) == np.arange(len(test_y))).mean())
+
+
+def speaker_probe(pooled: np.ndarray, speakers: list[str | None], steps: int = 300, seed: int = 0) -> dict:
+    """Softmax regression from pooled vectors to speakers with >= 3 files; one file of each held out."""
+    by_speaker: dict[str, list[int]] = {}
+    for i, spk in enumerate(speakers):
+        if spk:
+            by_speaker.setdefault(spk, []).append(i)
+    chosen = {s: rows for s, rows in by_speaker.items() if len(rows) >= 3}
+    if len(chosen) < 2:
+        return {"speaker_accuracy": None, "speakers": len(chosen)}
+    ids = {s: k for k, s in enumerate(sorted(chosen))}
+    train_rows = [i for rows in chosen.values() for i in rows[:-1]]
+    test_rows = [rows[-1] for rows in chosen.values()]
+    labels = {i: ids[speakers[i]] for rows in chosen.values() for i in rows}
+    train = FrameSet(np.zeros(0), pooled[train_rows], np.array([labels[i] for i in train_rows]), len(train_rows))
+    test = FrameSet(np.zeros(0), pooled[test_rows], np.array([labels[i] for i in test_rows]), len(test_rows))
+    return {"speaker_accuracy": linear_probe(train, test, steps, seed, classes=len(ids))["accuracy"],
+            "speakers": len(ids), "speaker_chance": 1.0 / len(ids)}
+
+
+def probe_report(model, train_items: list[Labelled], test_items: list[Labelled], sentences: int = 100) -> dict:
+    train = first_codebook_frames(model, [(x.samples, x.phones) for x in train_items])
+    test = first_codebook_frames(model, [(x.samples, x.phones) for x in test_items])
+    report = {"pnmi_train": pnmi(train.codes, train.phones), "pnmi_test": pnmi(test.codes, test.phones),
+              **{f"probe_{k}": v for k, v in linear_probe(train, test).items()},
+              "train_frames": len(train.phones), "test_frames": len(test.phones),
+              "train_files": train.files, "test_files": test.files}
+    report.update(speaker_probe(train.pooled, [x.speaker for x in train_items]))
+    try:
+        from codec.data.context import TextEncoder
+
+        encoder = TextEncoder()
+    except (ImportError, VoxtokError) as exc:  # the distill extra is optional for the other probes
+        report["sentence_retrieval"] = None
+        report["sentence_retrieval_note"] = f"needs MiniLM: {exc}"
+        return report
+    # Held-out sentences: distinct texts of three words or more (the digit recordings are one word).
+    chosen, seen = [], set()
+    for k, item in enumerate(test_items):
+        key = " ".join(item.words)
+        if len(item.words) >= 3 and key not in seen:
+            seen.add(key)
+            chosen.append(k)
+    chosen = chosen[:sentences]
+    if len(chosen) < 2:
+        report["sentence_retrieval"] = None
+        report["sentence_retrieval_note"] = "fewer than 2 held-out sentences of 3 words or more"
+        return report
+    train_y = np.stack([encoder.encode(x.words).sentence for x in train_items])
+    test_y = np.stack([encoder.encode(test_items[k].words).sentence for k in chosen])
+    report["sentence_retrieval"] = sentence_retrieval(train.pooled, train_y, test.pooled[chosen], test_y)
+    report["sentence_candidates"] = len(chosen)
+    return report
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -130,12 +213,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--test-split", default="dev")
     parser.add_argument("--cache", default="data/cache/align")
     parser.add_argument("--limit", type=int, default=None, help="at most this many files per split")
+    parser.add_argument("--heldout", default=None,
+                        help="a corpus of held-out voices and sentences added to the test files (and first among "
+                             "the retrieval sentences), e.g. `voxtok synth data/synth_heldout --split dev --num 108`")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     model = load_codec(args.model)
     root = Path(args.root)
-    report = probe_report(model, labelled_items(root, args.train_split, args.cache, args.limit),
-                          labelled_items(root, args.test_split, args.cache, args.limit))
+    test = labelled_items(root, args.test_split, args.cache, args.limit)
+    if args.heldout:
+        test = labelled_items(Path(args.heldout), None, args.cache + "-heldout") + test
+    report = probe_report(model, labelled_items(root, args.train_split, args.cache, args.limit), test)
     report["model"] = model.model_id
     print(json.dumps(report, indent=1))
 

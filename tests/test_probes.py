@@ -1,0 +1,64 @@
+"""The RVQ-1 probes (codec.eval.probes): each measure on data whose answer is known, then a real report."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from codec.eval.probes import FrameSet, code_frame_labels, linear_probe, pnmi, sentence_retrieval, speaker_probe
+
+
+def test_pnmi_is_one_when_codes_name_the_phone_and_near_zero_when_unrelated():
+    rng = np.random.default_rng(0)
+    phones = rng.integers(1, 40, 20000)
+    assert pnmi(phones * 7 + 3, phones) == pytest.approx(1.0)
+    assert pnmi(rng.integers(0, 16, 20000), phones) < 0.02
+    # Two phones per code: half the information (log 2 of ~log 39 bits lost).
+    assert 0.5 < pnmi(phones // 2, phones) < 0.9
+
+
+def test_linear_probe_finds_separable_classes_and_reports_the_majority_rate():
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(5, 8)) * 4
+    labels = rng.integers(0, 5, 2000)
+    vectors = centres[labels] + rng.normal(size=(2000, 8))
+    train = FrameSet(labels[:1500], vectors[:1500], labels[:1500], 1)
+    test = FrameSet(labels[1500:], vectors[1500:], labels[1500:], 1)
+    result = linear_probe(train, test, classes=5)
+    assert result["accuracy"] > 0.95 and result["majority"] < 0.35
+
+
+def test_code_frames_take_the_phone_at_their_centre():
+    phones_10ms = np.array([0, 0, 5, 5, 7, 7, 7, 9])
+    assert code_frame_labels(phones_10ms, 5, 20.0).tolist() == [0, 5, 7, 9, -1]
+
+
+def test_sentence_retrieval_is_perfect_for_a_linear_relation_and_chance_for_noise():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(300, 16))
+    mapping = rng.normal(size=(16, 24))
+    y = x @ mapping
+    assert sentence_retrieval(x[:200], y[:200], x[200:], y[200:]) == 1.0
+    assert sentence_retrieval(rng.normal(size=(200, 16)), y[:200], rng.normal(size=(100, 16)), y[200:]) < 0.1
+
+
+def test_speaker_probe_holds_out_one_file_per_speaker():
+    rng = np.random.default_rng(3)
+    speakers = [f"s{k}" for k in range(6) for _ in range(4)] + ["lonely"]
+    centres = {s: rng.normal(size=8) * 5 for s in set(speakers)}
+    pooled = np.stack([centres[s] + rng.normal(size=8) for s in speakers])
+    result = speaker_probe(pooled, speakers)
+    assert result["speakers"] == 6 and result["speaker_accuracy"] == 1.0
+
+
+def test_report_on_real_transcribed_speech(real_root, tmp_path, codec_model):
+    pytest.importorskip("pocketsphinx")
+    from codec.eval.probes import labelled_items, probe_report
+
+    train = labelled_items(real_root, "train", str(tmp_path), limit=8)
+    test = labelled_items(real_root, "dev", str(tmp_path), limit=4)
+    report = probe_report(codec_model, train, test, sentences=4)
+    assert report["train_files"] >= 6 and report["test_frames"] > 100
+    assert 0.0 < report["pnmi_train"] <= 1.0
+    assert report["probe_accuracy"] > report["probe_majority"] * 0.5
+    assert "sentence_retrieval" in report  # None here: the first dev files are one-word digit recordings
