@@ -29,6 +29,7 @@ class TermInputs:
     context: torch.Tensor | None = None  # [B, T, H] the text LM's state of the word at each frame
     context_mask: torch.Tensor | None = None  # [B, T] 1 inside an aligned word
     sentence: torch.Tensor | None = None  # [B, H] the utterance's sentence embedding (zeros without text)
+    audio: torch.Tensor | None = None  # [B, 1, N] the crop itself (for a teacher network)
 
     @property
     def first_codebook(self) -> torch.Tensor:
@@ -131,6 +132,63 @@ class ContextTerm(LossTerm):
         loss = word + self.global_weight * sentence
         return loss, {"context_word": word.item(), "context_sentence": sentence.item(),
                       "context_frames": float(mask.sum())}
+
+
+@register
+class TeacherTerm(LossTerm):
+    """Distillation from a speech encoder's hidden states (SpeechTokenizer / DM-Codec): a projection of RVQ-1
+    follows layer `layer` of a frozen teacher (HuBERT or WavLM layout, loaded by transformers from the local
+    folder `model`) with the d_axis loss. The teacher's frames (20 ms, 400-sample receptive field for HuBERT
+    base) are matched to the codec's frames by index, the last repeated to the codec's length. The teacher is
+    not part of this term's state: checkpoints keep only the projection."""
+
+    name = "teacher"
+    needs = frozenset({"audio"})
+
+    def __init__(self, latent_dim: int, model: str = "", weight: float = 1.0, layer: int = -1,
+                 codebook: int = 1):
+        super().__init__(latent_dim, weight)
+        from pathlib import Path
+
+        folder = Path(model)
+        if not model or not (folder / "config.json").is_file():
+            raise ValueError(f"model must be a local folder with config.json (got {model!r})")
+        try:
+            from transformers import AutoModel
+        except ImportError:
+            raise ValueError("a teacher needs transformers (pip install 'voxtok[distill]')") from None
+        teacher = AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        object.__setattr__(self, "teacher", teacher)  # not a submodule: kept out of state_dict and optimizers
+        self.normalise = False
+        preprocessor = folder / "preprocessor_config.json"
+        if preprocessor.is_file():
+            import json
+
+            self.normalise = bool(json.loads(preprocessor.read_text()).get("do_normalize", False))
+        self.layer, self.codebook = int(layer), int(codebook)
+        hidden = int(teacher.config.hidden_size)
+        self.projection = nn.Conv1d(latent_dim, hidden, 1)
+
+    def teacher_states(self, audio: torch.Tensor, frames: int) -> torch.Tensor:
+        """[B, 1, N] -> the teacher layer's states [B, frames, hidden], frame-matched to the codec."""
+        x = audio[:, 0].float()
+        if self.normalise:
+            x = (x - x.mean(1, keepdim=True)) / (x.std(1, keepdim=True) + 1e-7)
+        with torch.no_grad():
+            self.teacher.to(x.device)
+            states = self.teacher(x, output_hidden_states=True).hidden_states[self.layer]
+        if states.shape[1] < frames:
+            states = torch.cat([states, states[:, -1:].expand(-1, frames - states.shape[1], -1)], dim=1)
+        return states[:, :frames]
+
+    def forward(self, inputs: TermInputs) -> tuple[torch.Tensor, dict[str, float]]:
+        projected = self.projection(inputs.codebooks[self.codebook - 1]).transpose(1, 2)
+        target = self.teacher_states(inputs.audio, projected.shape[1])
+        mask = torch.ones(projected.shape[:2], device=projected.device)
+        loss = d_axis_loss(projected, target, mask)
+        return loss, {"teacher_d_axis": loss.item()}
 
 
 def build_terms(tables: dict, latent_dim: int) -> nn.ModuleDict:

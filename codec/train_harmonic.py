@@ -283,7 +283,7 @@ class HarmonicTrainer(Trainer):
         if len(self.terms):
             vectors = codebooks_straight_through(latents, codes, self.model.quantizer.codebooks)
             inputs = TermInputs(latents, vectors, phones=phones, context=context.float(),
-                                context_mask=context_mask, sentence=sentence)
+                                context_mask=context_mask, sentence=sentence, audio=audio)
             for term in self.terms.values():
                 term_loss, figures = term(inputs)
                 loss = loss + term.weight * term_loss

@@ -123,3 +123,42 @@ def test_context_term_loss_falls_in_a_tiny_training_run(tmp_path, real_root):
 def test_term_inputs_keep_the_first_codebook_name():
     vectors = [torch.zeros(1, 4, 3), torch.ones(1, 4, 3)]
     assert TermInputs(torch.zeros(1, 4, 3), vectors).first_codebook is vectors[0]
+
+
+def make_tiny_speech_encoder(folder: Path) -> Path:
+    """A random 2-layer HuBERT with the real model's 320-sample frame stride, saved as a local folder."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.HubertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                       intermediate_size=64, conv_dim=(16, 16), conv_stride=(5, 64),
+                                       conv_kernel=(10, 64), num_conv_pos_embeddings=16,
+                                       num_conv_pos_embedding_groups=2)
+    torch.manual_seed(0)
+    transformers.HubertModel(config).save_pretrained(str(folder))
+    return folder
+
+
+def test_teacher_term_loads_a_local_hubert_and_trains_only_its_projection(tmp_path):
+    folder = make_tiny_speech_encoder(tmp_path / "hubert")
+    terms = build_terms({"teacher": {"model": str(folder), "layer": -1}}, latent_dim=8)
+    term = terms["teacher"]
+    assert not any(k.startswith("teacher") for k in term.state_dict())  # the frozen teacher is not saved
+    audio = torch.randn(2, 1, 16000) * 0.1
+    latents = torch.randn(2, 8, 50, requires_grad=True)
+    inputs = TermInputs(latents, [latents, latents], audio=audio)
+    target = term.teacher_states(audio, 50)
+    assert target.shape == (2, 50, 32)
+    loss, figures = term(inputs)
+    loss.backward()
+    assert torch.isfinite(loss) and figures["teacher_d_axis"] > 0
+    assert latents.grad.abs().sum() > 0 and term.projection.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in term.teacher.parameters())
+    opt = torch.optim.Adam(term.parameters(), lr=1e-2)
+    first = float(loss)
+    for _ in range(30):
+        loss, _ = term(TermInputs(latents.detach(), [latents.detach()] * 2, audio=audio))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss) < first
+    with pytest.raises(VoxtokError, match="local folder"):
+        build_terms({"teacher": {"model": str(tmp_path / "nowhere")}}, 8)
