@@ -96,11 +96,12 @@ def test_shipped_minilm_loads_offline():
 
 def test_context_term_loss_falls_in_a_tiny_training_run(tmp_path, real_root):
     pytest.importorskip("pocketsphinx")
+    from test_harmonic_codec import SR, _tiny_recipe  # tests/ is on sys.path (pytest prepend mode)
+
     from codec.audio import load_audio
     from codec.eval.runner import read_manifest
     from codec.train import load_recipe
     from codec.train_harmonic import HarmonicTrainer
-    from tests.test_harmonic_codec import SR, _tiny_recipe
 
     model_dir = make_tiny_text_encoder(tmp_path / "bert", hidden=32)
     rows = [e for e in read_manifest(real_root) if e.text and e.path.startswith("speechocean762/")][:3]
