@@ -138,6 +138,16 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
             os.unlink(tmp)
 
 
+def atomic_savez(path: str | Path, **arrays) -> None:
+    """np.savez to path through atomic_write (the caches of codec.data: whole files or none)."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    atomic_write(path, write)
+
+
 def is_silent(samples: np.ndarray, threshold_db: float = -60.0) -> bool:
     """True when the RMS level is below threshold_db dBFS (digital silence or near it)."""
     if samples.size == 0:

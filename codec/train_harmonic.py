@@ -134,6 +134,7 @@ class HarmonicTrainer(Trainer):
         self.terms = build_terms(cfg.terms, model_cfg.latent_dim).to(self.device)
         self.opt_terms = torch.optim.AdamW(self.terms.parameters(), lr=cfg.lr, betas=cfg.betas,
                                            weight_decay=cfg.weight_decay) if len(self.terms) else None
+        self._text_model = None  # the context term's text encoder, made only when a target must be computed
 
     def build_data(self) -> None:
         cfg, mcfg = self.cfg, self.model.config
@@ -166,9 +167,8 @@ class HarmonicTrainer(Trainer):
                     context: bool) -> None:
         """Forced-aligned phones per code frame, and/or the text LM's word states per code frame, for a file
         with text (left None without text or when the alignment fails)."""
-        from codec.data.align import cached_alignment
+        from codec.data.align import cached_alignment, code_frame_labels
         from codec.errors import VoxtokError
-        from codec.eval.probes import code_frame_labels
 
         text = row.get("text")
         if not isinstance(text, str) or not text.strip():
@@ -191,7 +191,7 @@ class HarmonicTrainer(Trainer):
             clip.context, clip.context_mask, clip.sentence = targets.astype(np.float16), mask, states.sentence
 
     def _text_encoder(self):
-        if getattr(self, "_text_model", None) is None:
+        if self._text_model is None:
             from codec.data.context import TextEncoder
 
             self._text_model = TextEncoder(self.cfg.context_model or None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from codec.eval.probes import FrameSet, code_frame_labels, linear_probe, pnmi, sentence_retrieval, speaker_probe
+from codec.eval.probes import code_frame_labels, linear_probe, pnmi, sentence_retrieval, speaker_probe
 
 
 def test_pnmi_is_one_when_codes_name_the_phone_and_near_zero_when_unrelated():
@@ -22,9 +22,7 @@ def test_linear_probe_finds_separable_classes_and_reports_the_majority_rate():
     centres = rng.normal(size=(5, 8)) * 4
     labels = rng.integers(0, 5, 2000)
     vectors = centres[labels] + rng.normal(size=(2000, 8))
-    train = FrameSet(labels[:1500], vectors[:1500], labels[:1500], 1)
-    test = FrameSet(labels[1500:], vectors[1500:], labels[1500:], 1)
-    result = linear_probe(train, test, classes=5)
+    result = linear_probe(vectors[:1500], labels[:1500], vectors[1500:], labels[1500:], classes=5)
     assert result["accuracy"] > 0.95 and result["majority"] < 0.35
 
 

@@ -36,6 +36,21 @@ class Alignment:
         return len(self.phones)
 
 
+def frame_centres(frames: int, frame_ms: float) -> np.ndarray:
+    """Where each code frame's centre falls, in alignment frames (10 ms): the one rule for labelling a code frame
+    from an alignment (its phone, or the word it is inside)."""
+    return (np.arange(frames) + 0.5) * frame_ms / FRAME_MS
+
+
+def code_frame_labels(phones_10ms: np.ndarray, frames: int, frame_ms: float) -> np.ndarray:
+    """10 ms phone labels -> one per code frame, the label at the frame's centre (-1 past the alignment's end)."""
+    centres = frame_centres(frames, frame_ms).astype(int)
+    out = np.full(frames, -1, dtype=np.int64)
+    inside = centres < len(phones_10ms)
+    out[inside] = phones_10ms[centres[inside]]
+    return out
+
+
 def normalise_text(text: str) -> str:
     """Lower-case words of letters and apostrophes: what the pocketsphinx dictionary spells."""
     return " ".join(re.findall(r"[a-z']+", text.lower().replace("-", " ")))
@@ -97,7 +112,7 @@ def cached_alignment(audio_path, rel_path: str, text: str, cache_dir, samples: n
                      ) -> Alignment:
     """align() for one file, read from the cache when present (and made for the same text), else computed and
     stored atomically."""
-    from codec.audio import atomic_write, load_audio
+    from codec.audio import atomic_savez, load_audio
 
     path = cache_file(cache_dir, rel_path)
     key = normalise_text(text)
@@ -109,14 +124,9 @@ def cached_alignment(audio_path, rel_path: str, text: str, cache_dir, samples: n
     if samples is None:
         samples = load_audio(audio_path, 16000)
     result = align(samples, text)
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            np.savez(f, phones=result.phones, words=np.array([w for w, _, _ in result.words]),
-                     starts=np.array([s for _, s, _ in result.words], dtype=np.int32),
-                     ends=np.array([e for _, _, e in result.words], dtype=np.int32), text=np.array(key))
-
-    atomic_write(path, write)
+    atomic_savez(path, phones=result.phones, words=np.array([w for w, _, _ in result.words]),
+                 starts=np.array([s for _, s, _ in result.words], dtype=np.int32),
+                 ends=np.array([e for _, _, e in result.words], dtype=np.int32), text=np.array(key))
     return result
 
 

@@ -70,13 +70,15 @@ class TextEncoder:
         return TextStates(out, sentence)
 
 
-def frame_targets(words: list[tuple[str, int, int]], states: TextStates, frames: int, frame_ms: float,
-                  align_ms: float = 10.0) -> tuple[np.ndarray, np.ndarray]:
+def frame_targets(words: list[tuple[str, int, int]], states: TextStates, frames: int, frame_ms: float
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """Aligned word spans (10 ms frames) + their states -> per code frame targets [frames, hidden] and a mask
     [frames] (1 inside a word)."""
+    from codec.data.align import frame_centres
+
     targets = np.zeros((frames, states.words.shape[1]), dtype=np.float32)
     mask = np.zeros(frames, dtype=np.float32)
-    centres = (np.arange(frames) + 0.5) * frame_ms / align_ms
+    centres = frame_centres(frames, frame_ms)
     for index, (_word, start, end) in enumerate(words):
         inside = (centres >= start) & (centres < end)
         if np.abs(states.words[index]).sum() > 0:
@@ -95,7 +97,7 @@ def cache_file(cache_dir, rel_path: str) -> Path:
 def cached_text_states(rel_path: str, words: list[str], cache_dir, encoder_factory) -> TextStates:
     """TextEncoder.encode for one file's words, cached (keyed by the words); encoder_factory() makes the
     encoder only when something must be computed."""
-    from codec.audio import atomic_write
+    from codec.audio import atomic_savez
 
     path = cache_file(cache_dir, rel_path)
     key = " ".join(words)
@@ -104,10 +106,5 @@ def cached_text_states(rel_path: str, words: list[str], cache_dir, encoder_facto
             if str(data["text"]) == key:
                 return TextStates(data["words"].astype(np.float32), data["sentence"].astype(np.float32))
     states = encoder_factory().encode(words)
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            np.savez(f, words=states.words.astype(np.float16), sentence=states.sentence, text=np.array(key))
-
-    atomic_write(path, write)
+    atomic_savez(path, words=states.words.astype(np.float16), sentence=states.sentence, text=np.array(key))
     return states

@@ -91,7 +91,7 @@ def cache_file(cache_dir, rel_path: str, hop: int, ap_bands: int, method: str):
 def cached_world_features(audio_path, rel_path: str, cache_dir, sample_rate: int, hop: int, ap_bands: int,
                           method: str = "harvest", samples: np.ndarray | None = None) -> PitchFeatures:
     """world_features for one file, read from the cache when present, else computed and stored atomically."""
-    from codec.audio import atomic_write, load_audio
+    from codec.audio import atomic_savez, load_audio
 
     path = cache_file(cache_dir, rel_path, hop, ap_bands, method)
     if path.is_file():
@@ -100,12 +100,7 @@ def cached_world_features(audio_path, rel_path: str, cache_dir, sample_rate: int
     if samples is None:
         samples = load_audio(audio_path, sample_rate)
     feats = world_features(samples, sample_rate, hop, ap_bands, method=method)
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            np.savez(f, f0=feats.f0, voiced=feats.voiced, aperiodicity=feats.aperiodicity)
-
-    atomic_write(path, write)
+    atomic_savez(path, f0=feats.f0, voiced=feats.voiced, aperiodicity=feats.aperiodicity)
     return feats
 
 

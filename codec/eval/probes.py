@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from codec.data.align import FRAME_MS, PHONES
+from codec.data.align import PHONES, code_frame_labels
 from codec.errors import VoxtokError
 
 
@@ -35,15 +35,6 @@ class FrameSet:
     phones: np.ndarray  # [frames] index into PHONES (silence excluded)
     files: int
     pooled: np.ndarray | None = None  # [files, dim] mean speech-frame vector per file
-
-
-def code_frame_labels(phones_10ms: np.ndarray, frames: int, frame_ms: float) -> np.ndarray:
-    """10 ms phone labels -> one per code frame, the label at the frame's centre (-1 past the alignment's end)."""
-    centres = ((np.arange(frames) + 0.5) * frame_ms / FRAME_MS).astype(int)
-    out = np.full(frames, -1, dtype=np.int64)
-    inside = centres < len(phones_10ms)
-    out[inside] = phones_10ms[centres[inside]]
-    return out
 
 
 @torch.no_grad()
@@ -81,14 +72,14 @@ def pnmi(codes: np.ndarray, phones: np.ndarray) -> float:
     return float(mi / h_phone) if h_phone > 0 else 0.0
 
 
-def linear_probe(train: FrameSet, test: FrameSet, steps: int = 300, seed: int = 0, classes: int = len(PHONES)
-                 ) -> dict[str, float]:
+def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
+                 steps: int = 300, seed: int = 0, classes: int = len(PHONES)) -> dict[str, float]:
     """Softmax regression on standardised vectors (Adam, full batch, a little weight decay)."""
     torch.manual_seed(seed)
-    mean, std = train.vectors.mean(0), train.vectors.std(0) + 1e-6
-    x_train = torch.from_numpy((train.vectors - mean) / std).float()
-    x_test = torch.from_numpy((test.vectors - mean) / std).float()
-    y_train, y_test = torch.from_numpy(train.phones).long(), torch.from_numpy(test.phones).long()
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    x_train = torch.from_numpy((train_x - mean) / std).float()
+    x_test = torch.from_numpy((test_x - mean) / std).float()
+    y_train, y_test = torch.from_numpy(train_y).long(), torch.from_numpy(test_y).long()
     probe = torch.nn.Linear(x_train.shape[1], classes)
     opt = torch.optim.Adam(probe.parameters(), lr=0.05, weight_decay=1e-4)
     for _ in range(steps):
@@ -99,7 +90,7 @@ def linear_probe(train: FrameSet, test: FrameSet, steps: int = 300, seed: int = 
     with torch.no_grad():
         accuracy = float((probe(x_test).argmax(1) == y_test).float().mean())
         train_accuracy = float((probe(x_train).argmax(1) == y_train).float().mean())
-    majority = float((y_test == torch.bincount(y_train.long()).argmax()).float().mean())
+    majority = float((y_test == torch.bincount(y_train).argmax()).float().mean())
     return {"accuracy": accuracy, "train_accuracy": train_accuracy, "majority": majority}
 
 
@@ -159,10 +150,10 @@ def speaker_probe(pooled: np.ndarray, speakers: list[str | None], steps: int = 3
     ids = {s: k for k, s in enumerate(sorted(chosen))}
     train_rows = [i for rows in chosen.values() for i in rows[:-1]]
     test_rows = [rows[-1] for rows in chosen.values()]
-    labels = {i: ids[speakers[i]] for rows in chosen.values() for i in rows}
-    train = FrameSet(np.zeros(0), pooled[train_rows], np.array([labels[i] for i in train_rows]), len(train_rows))
-    test = FrameSet(np.zeros(0), pooled[test_rows], np.array([labels[i] for i in test_rows]), len(test_rows))
-    return {"speaker_accuracy": linear_probe(train, test, steps, seed, classes=len(ids))["accuracy"],
+    train_y = np.array([ids[speakers[i]] for i in train_rows])
+    test_y = np.array([ids[speakers[i]] for i in test_rows])
+    result = linear_probe(pooled[train_rows], train_y, pooled[test_rows], test_y, steps, seed, classes=len(ids))
+    return {"speaker_accuracy": result["accuracy"],
             "speakers": len(ids), "speaker_chance": 1.0 / len(ids)}
 
 
@@ -170,7 +161,8 @@ def probe_report(model, train_items: list[Labelled], test_items: list[Labelled],
     train = first_codebook_frames(model, [(x.samples, x.phones) for x in train_items])
     test = first_codebook_frames(model, [(x.samples, x.phones) for x in test_items])
     report = {"pnmi_train": pnmi(train.codes, train.phones), "pnmi_test": pnmi(test.codes, test.phones),
-              **{f"probe_{k}": v for k, v in linear_probe(train, test).items()},
+              **{f"probe_{k}": v for k, v in
+                 linear_probe(train.vectors, train.phones, test.vectors, test.phones).items()},
               "train_frames": len(train.phones), "test_frames": len(test.phones),
               "train_files": train.files, "test_files": test.files}
     report.update(speaker_probe(train.pooled, [x.speaker for x in train_items]))
