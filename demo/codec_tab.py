@@ -133,8 +133,7 @@ def compare(path: str | Path | None, bitrate_kbps: float, model_name: str = "vox
         raise DemoInputError(f"{bitrate_kbps:g} kbps is not an operating point of {model_name} "
                              f"({', '.join(f'{p:g}' for p in points)})")
     seconds = len(samples) / SAMPLE_RATE
-    voxtok = VoxtokSystem(model_name, bitrate_kbps)
-    voxtok._model = load_model(model_name)
+    voxtok = VoxtokSystem(model_name, bitrate_kbps, loaded=load_model(model_name))
     notes = []
     with tempfile.TemporaryDirectory(prefix="voxtok-demo-") as tmp:
         try:

@@ -257,12 +257,13 @@ class DecodedFolder:
 class VoxtokSystem:
     """This project's codec through its public API: load_codec, compress and decompress."""
 
-    def __init__(self, model: str | None, bitrate_kbps: float | None, name: str | None = None):
+    def __init__(self, model: str | None, bitrate_kbps: float | None, name: str | None = None, loaded=None):
+        """loaded: the model already in memory (a caller that keeps one for many requests, as the demo does)."""
         self.model_name = model
         self.bitrate_kbps = bitrate_kbps
         rate = f"@{bitrate_kbps:g}kbps" if bitrate_kbps is not None else ""
         self.name = name or f"voxtok{':' + model if model else ''}{rate}"
-        self._model = None
+        self._model = loaded
 
     def check(self) -> None:
         from codec.compress import load_codec
