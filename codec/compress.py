@@ -135,22 +135,57 @@ def iter_decoded(model: VoxtokCodec, codes: np.ndarray, num_samples: int | None 
     """decode_codes in pieces of STREAM_CHUNK_SECONDS through the streaming decoder, for writing long files
     without holding them: the concatenated pieces equal decode_codes (within the streaming tolerance)."""
     codes_t = torch.from_numpy(np.asarray(codes, dtype=np.int64))[None]
+    return _iter_streamed(model, codes_t, model.decode_chunk, num_samples, codes_t.shape[1])
+
+
+def iter_decoded_latents(model, latents: np.ndarray, num_samples: int | None = None) -> Iterator[np.ndarray]:
+    """Continuous tokens [frames, dims] (normalised, as a .vlat holds them) -> audio pieces, as iter_decoded."""
+    z = torch.from_numpy(np.ascontiguousarray(np.asarray(latents, dtype=np.float32).T))[None]
+    return _iter_streamed(model, z, model.decode_latents_chunk, num_samples, num_quantizers=None)
+
+
+def _iter_streamed(model, frames: torch.Tensor, decode_chunk, num_samples: int | None,
+                   num_quantizers: int | None) -> Iterator[np.ndarray]:
     step = max(1, int(STREAM_CHUNK_SECONDS * model.config.frame_rate))
     remaining = num_samples if num_samples is not None else None
-    with model.streaming(1, codes_t.shape[1]):
-        starts = list(range(0, codes_t.shape[-1], step))
+    with model.streaming(1, num_quantizers):
+        starts = list(range(0, frames.shape[-1], step))
         for start in [*starts, None]:  # None: the overlap-add tail after the last frames
             with torch.inference_mode():
                 if start is None:
                     out = model.flush_decoder()
                 else:
-                    out = model.decode_chunk(codes_t[..., start:start + step])
+                    out = decode_chunk(frames[..., start:start + step])
             piece = out[0, 0].float().numpy()
             release_freed_memory()
             if remaining is not None:
                 piece = piece[:remaining]
                 remaining -= len(piece)
             yield piece
+
+
+@torch.inference_mode()
+def encode_latents_file(model, path: str | Path) -> tuple[np.ndarray, int]:
+    """Continuous tokens of an audio file: (latents [frames, dims] float32, normalised; number of samples).
+    Long files go through the streaming encoder block by block, as encode_file does."""
+    from codec.lowrate import LowRateCodec
+
+    if not isinstance(model, LowRateCodec):
+        raise VoxtokError(f"model {model.model_id} has no continuous latents (use the 12.5 Hz tokenizer, "
+                          "voxtok-16k-12hz)")
+    sr = model.config.sample_rate
+    samples = load_audio(path, sr)
+    check_encodable(samples, str(path))
+    wav = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))[None, None]
+    if wav.shape[-1] <= STREAM_ABOVE_SECONDS * sr:
+        z = model.encode_latents(wav)
+    else:
+        chunk = int(STREAM_CHUNK_SECONDS * sr)
+        with model.streaming(1):
+            parts = [model.encode_latents_chunk(wav[..., s:s + chunk]) for s in range(0, wav.shape[-1], chunk)]
+            parts.append(model.flush_latents())
+        z = torch.cat(parts, dim=-1)
+    return z[0].T.float().numpy(), len(samples)
 
 
 def decode_to_file(model: VoxtokCodec, codes: np.ndarray, path: str | Path, num_samples: int | None = None) -> None:

@@ -152,10 +152,13 @@ class HarmonicCodecConfig(CodecConfig):
         # log-mel, F0 (log2 F0, or one logit per bin), voicing logit, aperiodicity logits
         return self.bands + max(1, self.f0_bins) + 1 + self.ap_bands
 
+    # The value `architecture` must hold (a subclass describes another model on the same synthesiser).
+    ARCHITECTURE = "harmonic"
+
     def validate(self) -> None:
         super().validate()
-        if self.architecture != "harmonic":
-            raise ValueError(f"architecture must be 'harmonic', got {self.architecture!r}")
+        if self.architecture != self.ARCHITECTURE:
+            raise ValueError(f"architecture must be {self.ARCHITECTURE!r}, got {self.architecture!r}")
         for name, (low, high) in _HARMONIC_BOUNDS.items():
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
@@ -163,6 +166,71 @@ class HarmonicCodecConfig(CodecConfig):
         if self.pitch_window < self.subframe or self.pitch_window % self.subframe:
             raise ValueError("pitch_window must be a multiple of subframe")
 
+
+@dataclass
+class LowRateConfig(HarmonicCodecConfig):
+    """The 12.5 Hz tokenizer (codec.lowrate): one token frame per hop_length = 1280 samples (80 ms). Its latent is
+    continuous (a sigma-VAE mean, normalised by statistics shipped in the weights) and has a discrete twin: FSQ with
+    fsq_levels levels per dimension, the dimensions in num_quantizers groups, each group one code of
+    fsq_levels ** (latent_dim / num_quantizers) entries (5 ** 4 = 625: 10 bits, 8 groups = 1.0 kbps). Decoders run
+    at feature_hop (50 Hz) and predict the v2 synthesiser's parameters: a regression decoder and a conditional
+    flow-matching decoder, both reading the same latents."""
+
+    ARCHITECTURE = "lowrate"
+    name: str = "voxtok-16k-12hz"
+    architecture: str = "lowrate"
+    hop_length: int = 1280
+    latent_dim: int = 32
+    num_quantizers: int = 8
+    codebook_size: int = 625
+    fsq_levels: int = 5
+    feature_hop: int = 320
+    enc_low_dim: int = 256
+    enc_low_layers: int = 2
+    # Decoders see this many tokens ahead (80 ms each): the decoder output runs this far behind its input.
+    lookahead_tokens: int = 1
+    flow_dim: int = 192
+    flow_layers: int = 6
+    flow_cond_layers: int = 2
+    flow_steps: int = 8
+
+    @property
+    def feature_frames_per_token(self) -> int:
+        return self.hop_length // self.feature_hop
+
+    @property
+    def subframes_per_feature_frame(self) -> int:
+        return self.feature_hop // self.subframe
+
+    @property
+    def fsq_group(self) -> int:
+        return self.latent_dim // self.num_quantizers
+
+    @property
+    def decoder_delay(self) -> int:
+        return self.lookahead_tokens * self.hop_length + self.window - self.subframe
+
+    def validate(self) -> None:
+        super().validate()
+        for name, (low, high) in _LOW_RATE_BOUNDS.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+        if self.hop_length % self.feature_hop or self.feature_hop % self.subframe:
+            raise ValueError("hop_length must be a multiple of feature_hop, and feature_hop of subframe")
+        if self.latent_dim % self.num_quantizers:
+            raise ValueError("latent_dim must be a multiple of num_quantizers (the FSQ groups)")
+        if self.codebook_size != self.fsq_levels ** self.fsq_group:
+            raise ValueError(f"codebook_size must be fsq_levels ** (latent_dim / num_quantizers) = "
+                             f"{self.fsq_levels ** self.fsq_group}, got {self.codebook_size}")
+        if self.f0_bins or self.ap_bands:
+            raise ValueError("the low-rate tokenizer predicts F0 by regression and no aperiodicity bands "
+                             "(f0_bins and ap_bands must be 0)")
+
+
+_LOW_RATE_BOUNDS = {"fsq_levels": (2, 16), "feature_hop": (1, 8192), "enc_low_dim": (1, 4096),
+                    "enc_low_layers": (0, 64), "lookahead_tokens": (0, 8), "flow_dim": (1, 4096),
+                    "flow_layers": (0, 64), "flow_cond_layers": (0, 64), "flow_steps": (1, 256)}
 
 _HARMONIC_BOUNDS = {"bands": (8, 256), "pitch_window": (80, 8192), "pitch_lags": (1, 512), "ap_bands": (0, 64),
                     "f0_bins": (0, 1024)}
@@ -174,6 +242,8 @@ def config_from_dict(data: dict) -> CodecConfig:
     files, must not change)."""
     if isinstance(data, dict) and data.get("architecture") == "harmonic":
         return HarmonicCodecConfig.from_dict(data)
+    if isinstance(data, dict) and data.get("architecture") == "lowrate":
+        return LowRateConfig.from_dict(data)
     return CodecConfig.from_dict(data)
 
 

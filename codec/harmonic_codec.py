@@ -99,9 +99,10 @@ class SynthParameters(StreamingModule):
     """Decoder features [B, dim, T] -> synthesiser parameters [B, bands + 2 + ap_bands, T * subframes] (log-mel,
     F0 in Hz, voicing and aperiodicity in [0, 1]); `raw` gives the unsquashed outputs the losses read."""
 
-    def __init__(self, dim: int, cfg: HarmonicCodecConfig):
+    def __init__(self, dim: int, cfg: HarmonicCodecConfig, subframes: int | None = None):
         super().__init__()
-        self.subframes = cfg.subframes_per_frame
+        # Sub-frames per input frame: a code frame here; a decoder's feature frame in the low-rate tokenizer.
+        self.subframes = subframes or cfg.subframes_per_frame
         self.bands, self.ap_bands = cfg.bands, cfg.ap_bands
         self.f0_channels = max(1, cfg.f0_bins)
         self.classified = cfg.f0_bins > 0

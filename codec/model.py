@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from codec.config import CodecConfig, HarmonicCodecConfig, config_from_dict
+from codec.config import CodecConfig, HarmonicCodecConfig, LowRateConfig, config_from_dict
 from codec.errors import VoxtokError
 from codec.modules.conv import CausalConv1d
 from codec.modules.convnext import ChannelLayerNorm, ConvNeXtBlock
@@ -92,10 +92,13 @@ class VoxtokCodec(nn.Module):
         self.config.validate()
         cfg = self.config
         self.encoder = self.make_encoder(cfg)
-        self.quantizer = ResidualQuantizer(cfg.latent_dim, cfg.num_quantizers, cfg.codebook_size,
-                                           cfg.codebook_decay, cfg.dead_code_threshold, cfg.kmeans_iters)
+        self.quantizer = self.make_quantizer(cfg)
         self.decoder = self.make_decoder(cfg)
         self._stream: _StreamState | None = None
+
+    def make_quantizer(self, cfg: CodecConfig) -> nn.Module:
+        return ResidualQuantizer(cfg.latent_dim, cfg.num_quantizers, cfg.codebook_size, cfg.codebook_decay,
+                                 cfg.dead_code_threshold, cfg.kmeans_iters)
 
     def make_encoder(self, cfg: CodecConfig) -> StreamingSequential:
         return Encoder(cfg)
@@ -296,6 +299,10 @@ class VoxtokCodec(nn.Module):
 def model_class_for(config: CodecConfig) -> type[VoxtokCodec]:
     from codec.harmonic_codec import HarmonicCodec
 
+    if isinstance(config, LowRateConfig):
+        from codec.lowrate import LowRateCodec
+
+        return LowRateCodec
     return HarmonicCodec if isinstance(config, HarmonicCodecConfig) else VoxtokCodec
 
 

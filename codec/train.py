@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from codec.config import CodecConfig, HarmonicCodecConfig, config_from_dict
+from codec.config import CodecConfig, HarmonicCodecConfig, LowRateConfig, config_from_dict
 from codec.dataset import CropSampler, load_source, read_manifest
 from codec.discriminators import MultiPeriodDiscriminator, MultiResolutionDiscriminator
 from codec.errors import VoxtokError
@@ -82,11 +82,7 @@ def load_recipe(path: str | Path) -> tuple[CodecConfig, TrainConfig]:
         model_cfg = config_from_dict(recipe.get("model", {}))
     except (ValueError, TypeError) as exc:
         raise VoxtokError(f"{path}: bad [model] table ({exc})") from None
-    config_class = TrainConfig
-    if isinstance(model_cfg, HarmonicCodecConfig):
-        from codec.train_harmonic import HarmonicTrainConfig
-
-        config_class = HarmonicTrainConfig
+    config_class = trainer_class_for(model_cfg).config_class
     flat: dict = {}
     for table in ("data", "optim", "loss", "train"):
         flat.update(recipe.get(table, {}))
@@ -99,6 +95,19 @@ def load_recipe(path: str | Path) -> tuple[CodecConfig, TrainConfig]:
     if "betas" in flat:
         flat["betas"] = tuple(flat["betas"])
     return model_cfg, config_class(**flat)
+
+
+def trainer_class_for(model_cfg: CodecConfig) -> type[Trainer]:
+    """The trainer (and with it the recipe's train config) for a model config: the one place this is decided."""
+    if isinstance(model_cfg, LowRateConfig):
+        from codec.train_lowrate import LowRateTrainer
+
+        return LowRateTrainer
+    if isinstance(model_cfg, HarmonicCodecConfig):
+        from codec.train_harmonic import HarmonicTrainer
+
+        return HarmonicTrainer
+    return Trainer
 
 
 def _init_distributed(device: str) -> tuple[int, int]:
@@ -161,6 +170,8 @@ def _signal_metrics(ref: np.ndarray, decoded: np.ndarray) -> dict[str, float]:
 
 
 class Trainer:
+    config_class = TrainConfig
+
     def __init__(self, model_cfg: CodecConfig, cfg: TrainConfig, device: str = "cpu", progress: bool = True):
         self.rank, self.world_size = _init_distributed(device)
         if self.world_size > 1 and device.startswith("cuda"):

@@ -126,6 +126,8 @@ class HarmonicTrainConfig(TrainConfig):
 class HarmonicTrainer(Trainer):
     """codec.train.Trainer with regression targets in place of the GAN."""
 
+    config_class = HarmonicTrainConfig
+
     def __init__(self, model_cfg: HarmonicCodecConfig, cfg: HarmonicTrainConfig, device: str = "cpu",
                  progress: bool = True):
         super().__init__(model_cfg, cfg, device, progress)
@@ -245,7 +247,7 @@ class HarmonicTrainer(Trainer):
         return tuple(torch.from_numpy(a).to(self.device) for a in self.sampler.batch(self.cfg.batch_size))
 
     def train_step(self) -> dict:
-        cfg, mcfg = self.cfg, self.model.config
+        cfg = self.cfg
         lr = learning_rate(self.step, cfg.lr, cfg)
         if self.rewarm_from is not None and self.step - self.rewarm_from < cfg.warmup_steps:
             lr *= (self.step - self.rewarm_from + 1) / cfg.warmup_steps
@@ -257,6 +259,39 @@ class HarmonicTrainer(Trainer):
         latents = self.model.encoder(audio)
         quantized, codes, commit = self.model.quantizer(latents)
         raw = self.model.decoder.raw_parameters(quantized)
+        frame_mask = mask[:, None]
+        mel, f0_loss, voicing, figures = self.parameter_losses(raw, target_mel, f0, voiced, mask)
+        loss = cfg.mel_weight * mel + cfg.f0_weight * f0_loss + cfg.voicing_weight * voicing
+        loss = loss + cfg.commit_weight * commit
+        stats = {}
+        if len(self.terms):
+            vectors = codebooks_straight_through(latents, codes, self.model.quantizer.codebooks)
+            inputs = TermInputs(latents, vectors, phones=phones, context=context.float(),
+                                context_mask=context_mask, sentence=sentence, audio=audio)
+            for term in self.terms.values():
+                term_loss, term_figures = term(inputs)
+                loss = loss + term.weight * term_loss
+                stats.update(term_figures)
+        if cfg.synth_mel_weight:
+            synth_mel = self.synth_mel_loss(raw, audio.shape[-1], target_mel, frame_mask)
+            loss = loss + cfg.synth_mel_weight * synth_mel
+            stats["synth_mel"] = synth_mel.item()
+        if self.opt_terms is not None:
+            self.opt_terms.zero_grad(set_to_none=True)
+            for group in self.opt_terms.param_groups:
+                group["lr"] = lr
+        parameters = list(self.model.parameters()) + list(self.terms.parameters())
+        grad_norm = self.optimizer_step(self.opt_g, loss, parameters)
+        if self.opt_terms is not None:
+            self.opt_terms.step()
+        return {"mel": mel.item(), **figures, "commit": commit.item(), "grad_norm": grad_norm,
+                "loss": loss.item(), **stats}
+
+    def parameter_losses(self, raw: torch.Tensor, target_mel: torch.Tensor, f0: torch.Tensor, voiced: torch.Tensor,
+                         mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+        """The regression terms on the head's raw outputs [B, channels, J] against the analysis bands [B, bands, J]
+        and WORLD's F0 / voicing [B, J] where mask [B, J] is 1: (mel L1, F0 loss, voicing BCE, figures)."""
+        mcfg = self.model.config
         b, k = mcfg.bands, max(1, mcfg.f0_bins)
         frame_mask = mask[:, None]
         mel = ((raw[:, :b] - target_mel).abs() * frame_mask).sum() / (frame_mask.sum() * b).clamp(min=1)
@@ -274,39 +309,15 @@ class HarmonicTrainer(Trainer):
             per_frame = (raw[:, b] - torch.log2(f0 / F0_REFERENCE_HZ)).abs()
             predicted_log2 = raw[:, b].detach() + math.log2(F0_REFERENCE_HZ)
         f0_loss = (per_frame * voiced_mask).sum() / voiced_mask.sum().clamp(min=1)
-        f0_error = (predicted_log2 - target_log2).abs()
         voicing = (F.binary_cross_entropy_with_logits(raw[:, b + k], voiced, reduction="none") * mask).sum()
         voicing = voicing / mask.sum().clamp(min=1)
-        loss = cfg.mel_weight * mel + cfg.f0_weight * f0_loss + cfg.voicing_weight * voicing
-        loss = loss + cfg.commit_weight * commit
-        stats = {}
-        if len(self.terms):
-            vectors = codebooks_straight_through(latents, codes, self.model.quantizer.codebooks)
-            inputs = TermInputs(latents, vectors, phones=phones, context=context.float(),
-                                context_mask=context_mask, sentence=sentence, audio=audio)
-            for term in self.terms.values():
-                term_loss, figures = term(inputs)
-                loss = loss + term.weight * term_loss
-                stats.update(figures)
-        if cfg.synth_mel_weight:
-            synth_mel = self.synth_mel_loss(raw, audio.shape[-1], target_mel, frame_mask)
-            loss = loss + cfg.synth_mel_weight * synth_mel
-            stats["synth_mel"] = synth_mel.item()
-        if self.opt_terms is not None:
-            self.opt_terms.zero_grad(set_to_none=True)
-            for group in self.opt_terms.param_groups:
-                group["lr"] = lr
-        parameters = list(self.model.parameters()) + list(self.terms.parameters())
-        grad_norm = self.optimizer_step(self.opt_g, loss, parameters)
-        if self.opt_terms is not None:
-            self.opt_terms.step()
         with torch.no_grad():
+            f0_error = (predicted_log2 - target_log2).abs()
             cents = 1200 * (f0_error * voiced_mask).sum() / voiced_mask.sum().clamp(min=1)
             decided = ((raw[:, b + k] > 0).float() != voiced).float()
             voicing_error = (decided * mask).sum() / mask.sum().clamp(min=1)
-        return {"mel": mel.item(), "f0_cents": cents.item(), "voicing_bce": voicing.item(),
-                "voicing_error": voicing_error.item(), "commit": commit.item(), "grad_norm": grad_norm,
-                "loss": loss.item(), **stats}
+        figures = {"f0_cents": cents.item(), "voicing_bce": voicing.item(), "voicing_error": voicing_error.item()}
+        return mel, f0_loss, voicing, figures
 
     def synth_mel_loss(self, raw: torch.Tensor, samples: int, target_mel: torch.Tensor,
                        frame_mask: torch.Tensor) -> torch.Tensor:

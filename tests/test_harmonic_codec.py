@@ -209,9 +209,10 @@ def test_onnx_export_of_v2_matches_pytorch(tiny_model, tmp_path):
 # ---- training ---------------------------------------------------------------------------------------------------
 
 def _tiny_recipe(tmp_path: Path, steps: int = 30, clips: list[tuple[np.ndarray, str | None]] | None = None,
-                 extra: str = "") -> Path:
+                 extra: str = "", config: HarmonicCodecConfig | None = None) -> Path:
     """Three clips as a corpus (voiced test signals unless given, with their text when known) and a tiny v2
-    recipe over it (WORLD targets and alignments go to caches in tmp_path); `extra` is appended to the recipe."""
+    recipe over it (WORLD targets and alignments go to caches in tmp_path); `extra` is appended to the recipe,
+    `config` replaces the tiny v2 model."""
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     clips = clips or [(voiced_signal(2.0, f0, i), None) for i, f0 in enumerate((110, 170, 230))]
@@ -221,7 +222,7 @@ def _tiny_recipe(tmp_path: Path, steps: int = 30, clips: list[tuple[np.ndarray, 
         rows.append(json.dumps({"path": f"c{i}.wav", "text": text}))
     (corpus / "manifest.jsonl").write_text("\n".join(rows) + "\n")
     (corpus / "split.txt").write_text("".join(f"c{i}.wav\n" for i in range(len(clips))))
-    model_table = "\n".join(f"{k} = {json.dumps(v)}" for k, v in tiny_config().to_dict().items())
+    model_table = "\n".join(f"{k} = {json.dumps(v)}" for k, v in (config or tiny_config()).to_dict().items())
     recipe = tmp_path / "tiny.toml"
     recipe.write_text(f"""[model]
 {model_table}

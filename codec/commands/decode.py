@@ -1,4 +1,4 @@
-"""`voxtok decode IN... -o OUT`: .vtok (or .npy code arrays) -> wav/flac."""
+"""`voxtok decode IN... -o OUT`: .vtok (or .npy code arrays, or .vlat latents) -> wav/flac."""
 
 from __future__ import annotations
 
@@ -7,14 +7,17 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("decode", help="decode .vtok token files (or .npy code arrays) to audio")
-    p.add_argument("inputs", nargs="+", help=".vtok/.npy files or folders (searched recursively)")
+    from codec.commands.decoding import add_decoding_options
+
+    p = sub.add_parser("decode", help="decode .vtok token files (or .npy code arrays, .vlat latents) to audio")
+    p.add_argument("inputs", nargs="+", help=".vtok/.npy/.vlat files or folders (searched recursively)")
     p.add_argument("-o", "--output", required=True, help="output .wav/.flac (one input) or folder")
     p.add_argument("--model", default=None,
                    help="shipped model name or model folder (default: the shipped model each .vtok file names, "
                         "else the default model)")
     p.add_argument("--audio-format", choices=["wav", "flac"], default="wav", help="format when OUT is a folder")
     p.add_argument("--quiet", action="store_true")
+    add_decoding_options(p)
     p.set_defaults(func=run)
 
 
@@ -23,13 +26,23 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    from codec.audio import save_audio_blocks
     from codec.binary import load_codes_npy, read_bytes, summarize_vtok
-    from codec.compress import available_models, check_codes, decode_to_file, load_codec, read_tokens
+    from codec.commands.decoding import apply_decoding_options
+    from codec.compress import (
+        available_models,
+        check_codes,
+        decode_to_file,
+        iter_decoded_latents,
+        load_codec,
+        read_tokens,
+    )
     from codec.errors import VoxtokError
     from codec.inputs import collect_inputs, plan_outputs
+    from codec.latents import check_latents_model, decode_vlat, is_vlat
 
     suffix = "." + args.audio_format
-    items = collect_inputs(args.inputs, {".vtok", ".npy"})
+    items = collect_inputs(args.inputs, {".vtok", ".npy", ".vlat"})
     plan = plan_outputs(items, Path(args.output), suffix, {".wav", ".flac"})
     models = {}
 
@@ -39,12 +52,16 @@ def run(args: argparse.Namespace) -> int:
         name = args.model
         if name is None and data is not None:
             try:
-                named = summarize_vtok(data).header.model_id
+                if is_vlat(data):
+                    named = decode_vlat(data)[0].model_id
+                else:
+                    named = summarize_vtok(data).header.model_id
             except VoxtokError:
-                named = None  # read_tokens will report what is wrong with the file
+                named = None  # the reader will report what is wrong with the file
             name = named if named in available_models() else None
         if name not in models:
             models[name] = load_codec(name)
+            apply_decoding_options(models[name], args)
         return models[name]
 
     if args.model:
@@ -55,6 +72,12 @@ def run(args: argparse.Namespace) -> int:
         try:
             data = None if src.suffix == ".npy" else read_bytes(src)
             model = model_for(data)
+            if src.suffix == ".vlat":
+                header, latents = decode_vlat(data, source=str(src))
+                check_latents_model(header, model, str(src))
+                save_audio_blocks(dest, iter_decoded_latents(model, latents, header.num_samples),
+                                  model.config.sample_rate)
+                continue
             if src.suffix == ".npy":
                 codes = load_codes_npy(src)
                 check_codes(model, codes, str(src))

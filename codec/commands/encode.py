@@ -1,4 +1,5 @@
-"""`voxtok encode IN... -o OUT`: audio -> .vtok token files (or int16 .npy [n_q, T] arrays)."""
+"""`voxtok encode IN... -o OUT`: audio -> .vtok token files (or int16 .npy [n_q, T] arrays, or, with the 12.5 Hz
+tokenizer, `--format latents`: .vlat continuous latents)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, help="output file (one input) or folder")
     p.add_argument("--model", default=None, help="shipped model name or model folder (default: the default model)")
     p.add_argument("--bitrate", type=float, default=None, help="target kbps (default: all codebooks)")
-    p.add_argument("--format", choices=["vtok", "npy"], default="vtok")
+    p.add_argument("--format", choices=["vtok", "npy", "latents"], default="vtok",
+                   help="vtok token files, int16 .npy code arrays, or .vlat continuous latents (12.5 Hz tokenizer)")
     p.add_argument("--batch-size", type=int, default=8, help="files per forward pass (short files)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -38,11 +40,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise VoxtokError(f"--batch-size must be at least 1, got {args.batch_size}")
-    suffix = "." + args.format
+    suffix = ".vlat" if args.format == "latents" else "." + args.format
     items = collect_inputs(args.inputs, AUDIO_SUFFIXES)
     # Every destination is planned (and checked against the inputs and each other) before the model loads.
     plan = plan_outputs(items, Path(args.output), suffix, {suffix})
     model = load_codec(args.model)
+    if args.format == "latents":
+        return _encode_latents(model, plan, args)
     n_q = model.num_quantizers_for(args.bitrate)
     sr = model.config.sample_rate
     single = len(plan) == 1
@@ -107,4 +111,37 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"encoded {len(plan)} file(s) at {n_q * model.config.kbps_per_codebook:g} kbps "
               f"({n_q} codebooks) -> {args.output}", file=sys.stderr)
+    return 0
+
+
+def _encode_latents(model, plan: list, args: argparse.Namespace) -> int:
+    """Each file -> a .vlat of normalised continuous latents (float16); a failure is reported, the rest go on."""
+    import sys
+
+    from tqdm import tqdm
+
+    from codec.compress import encode_latents_file
+    from codec.errors import VoxtokError
+    from codec.latents import LatentHeader, write_vlat
+
+    if args.bitrate is not None:
+        raise VoxtokError("--bitrate does not apply to --format latents (continuous latents have no bitrate)")
+    failures = 0
+    for src, dest in tqdm(plan, unit="file", disable=args.quiet or len(plan) == 1, leave=False):
+        try:
+            latents, num_samples = encode_latents_file(model, src)
+            cfg = model.config
+            header = LatentHeader(model.model_id, cfg.config_hash(), cfg.sample_rate, cfg.frame_rate,
+                                  cfg.latent_dim, num_samples, latents.shape[0])
+            write_vlat(dest, header, latents)
+        except VoxtokError as exc:
+            failures += 1
+            tqdm.write(f"voxtok: error: {exc}", file=sys.stderr)
+    if failures:
+        if len(plan) > 1:
+            print(f"voxtok: {failures} of {len(plan)} files failed", file=sys.stderr)
+        return 1
+    if not args.quiet:
+        print(f"encoded {len(plan)} file(s) to {model.config.latent_dim}-dim latents at "
+              f"{model.config.frame_rate:g} Hz -> {args.output}", file=sys.stderr)
     return 0

@@ -6,12 +6,15 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from codec.commands.decoding import add_decoding_options
+
     p = sub.add_parser("roundtrip", help="encode and decode one file; print bitrate and metrics")
     p.add_argument("input", help="audio file")
     p.add_argument("-o", "--output", required=True, help="decoded .wav/.flac")
     p.add_argument("--model", default=None)
     p.add_argument("--bitrate", type=float, default=None, help="target kbps (default: all codebooks)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    add_decoding_options(p)
     p.set_defaults(func=run)
 
 
@@ -21,6 +24,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from codec.audio import check_audio_output, load_audio, save_audio
+    from codec.commands.decoding import apply_decoding_options
     from codec.compress import compress, decompress, load_codec
     from codec.inputs import check_not_inputs
 
@@ -28,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
     check_audio_output(output)
     check_not_inputs([source], [output])
     model = load_codec(args.model)
+    apply_decoding_options(model, args)
     sr = model.config.sample_rate
     ref = load_audio(source, sr)
     start = time.perf_counter()

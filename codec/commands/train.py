@@ -26,9 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from codec.config import HarmonicCodecConfig
     from codec.errors import VoxtokError
-    from codec.train import Trainer, load_recipe
+    from codec.train import load_recipe, trainer_class_for
 
     if not Path(args.recipe).is_file():
         raise VoxtokError(f"{args.recipe}: no such recipe")
@@ -41,12 +40,7 @@ def run(args: argparse.Namespace) -> int:
         cfg.threads = args.threads
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise VoxtokError("--device cuda asked for, but torch sees no CUDA device")
-    trainer_class = Trainer
-    if isinstance(model_cfg, HarmonicCodecConfig):
-        from codec.train_harmonic import HarmonicTrainer
-
-        trainer_class = HarmonicTrainer
-    trainer = trainer_class(model_cfg, cfg, device=args.device, progress=not args.no_progress)
+    trainer = trainer_class_for(model_cfg)(model_cfg, cfg, device=args.device, progress=not args.no_progress)
     if args.export:
         if not trainer.load_checkpoint():
             raise VoxtokError(f"{cfg.out_dir}: no checkpoint to export")

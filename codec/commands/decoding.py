@@ -1,0 +1,28 @@
+"""The decoder options of the 12.5 Hz tokenizer (`--decoder`, `--steps`, `--temperature`), shared by every command
+that decodes tokens, so each is spelled and checked in one place."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_decoding_options(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("decoding (12.5 Hz tokenizer, voxtok-16k-12hz)")
+    group.add_argument("--decoder", choices=["flow", "regression"], default=None,
+                       help="flow-matching decoder (default) or the regression control")
+    group.add_argument("--steps", type=int, default=None, help="Euler steps of the flow decoder (default: 8)")
+    group.add_argument("--temperature", type=float, default=None,
+                       help="scale of the flow decoder's starting noise (default 1.0; 0 = its mean path)")
+
+
+def apply_decoding_options(model, args: argparse.Namespace) -> None:
+    """Set the options on a model that has them; refuse them for one that has not (they would be ignored)."""
+    from codec.errors import VoxtokError
+    from codec.lowrate import LowRateCodec
+
+    given = [name for name in ("decoder", "steps", "temperature") if getattr(args, name, None) is not None]
+    if not given:
+        return
+    if not isinstance(model, LowRateCodec):
+        raise VoxtokError(f"--{given[0]} applies to the 12.5 Hz tokenizer; model {model.model_id} has one decoder")
+    model.set_decoding(args.decoder, args.steps, args.temperature)

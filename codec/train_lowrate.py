@@ -1,0 +1,156 @@
+"""Training the 12.5 Hz tokenizer (codec.lowrate) on a CPU: regression and flow matching, no GAN.
+
+    loss = [the v2 regression terms on the regression decoder's synthesiser parameters]   (codec.train_harmonic)
+         + flow_weight * CFM(flow decoder | latents, detached)
+         + kl_weight * mean(mu^2)                                   (the sigma-VAE's KL: an L2 on the mean)
+
+Each crop's decoders read either the continuous tokens, mu normalised plus noise of a random per-crop scale
+(|N(0, vae_noise)|, VibeVoice's sigma-VAE: the scale is drawn, not learned, so the latent cannot collapse its
+variance), or their FSQ twin (straight-through), with probability discrete_prob. The flow decoder reads the
+latents detached: it learns to decode them but does not shape them, so it and the regression control decode the
+same tokens. The encoder and regression decoder may start from codec v2's weights (`init_from`): their layers
+before the 12.5 Hz stage have v2's shapes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from codec.config import LowRateConfig
+from codec.train import learning_rate
+from codec.train_harmonic import HarmonicTrainConfig, HarmonicTrainer
+
+
+@dataclass
+class LowRateTrainConfig(HarmonicTrainConfig):
+    flow_weight: float = 1.0
+    kl_weight: float = 1e-4
+    vae_noise: float = 0.5
+    discrete_prob: float = 0.5
+    init_from: str = ""  # a codec v2 model folder whose encoder / decoder layers start this model
+    eval_flow_steps: int = 8
+
+
+class LowRateTrainer(HarmonicTrainer):
+    config_class = LowRateTrainConfig
+
+    def __init__(self, model_cfg: LowRateConfig, cfg: LowRateTrainConfig, device: str = "cpu",
+                 progress: bool = True):
+        super().__init__(model_cfg, cfg, device, progress)
+
+    def load_checkpoint(self) -> bool:
+        resumed = super().load_checkpoint()
+        if not resumed and self.cfg.init_from:
+            copied = initialise_from_v2(self.model, self.cfg.init_from)
+            print(f"initialised {copied} tensors from {self.cfg.init_from}")
+        return resumed
+
+    def train_step(self) -> dict:
+        cfg, mcfg, model = self.cfg, self.model.config, self.model
+        lr = learning_rate(self.step, cfg.lr, cfg)
+        if self.rewarm_from is not None and self.step - self.rewarm_from < cfg.warmup_steps:
+            lr *= (self.step - self.rewarm_from + 1) / cfg.warmup_steps
+        for group in self.opt_g.param_groups:
+            group["lr"] = lr
+        audio, f0, voiced, mask, *_ = self.next_batch()
+        with torch.no_grad():
+            target_mel = self.analysis(audio)
+        flow = model.flow
+        targets = flow.targets(target_mel, f0, voiced)
+        if not flow.stats_ready.item():
+            flow.set_statistics(targets, mask)
+        mu = model.encoder(audio)
+        model.quantizer.update_statistics(mu.detach())
+        z = model.quantizer.normalise(mu)
+        b = z.shape[0]
+        scale = torch.randn(b, 1, 1, device=z.device).abs() * cfg.vae_noise
+        continuous = z + scale * torch.randn_like(z)
+        discrete = model.quantizer.straight_through(z)
+        use_discrete = (torch.rand(b, 1, 1, device=z.device) < cfg.discrete_prob).to(z.dtype)
+        tokens = use_discrete * discrete + (1 - use_discrete) * continuous
+        # The decoders run lookahead_tokens behind: feed that many zero tokens more and drop as much output.
+        lead = mcfg.lookahead_tokens
+        padded = F.pad(tokens, (0, lead))
+        sub_lead = lead * mcfg.subframes_per_frame
+        raw = model.decoder.raw_parameters(padded)[..., sub_lead:]
+        mel, f0_loss, voicing, figures = self.parameter_losses(raw, target_mel, f0, voiced, mask)
+        frame_lead = lead * mcfg.feature_frames_per_token
+        cond = flow.cond(padded.detach())[..., frame_lead:]
+        per = mcfg.subframes_per_feature_frame
+        feature_mask = mask.reshape(b, -1, per).amin(dim=-1)
+        flow_loss = flow.loss(cond, flow.fold(targets), feature_mask)
+        kl = mu.pow(2).mean()
+        loss = (cfg.mel_weight * mel + cfg.f0_weight * f0_loss + cfg.voicing_weight * voicing
+                + cfg.flow_weight * flow_loss + cfg.kl_weight * kl)
+        grad_norm = self.optimizer_step(self.opt_g, loss, list(model.parameters()))
+        with torch.no_grad():
+            levels = model.quantizer.levels_of(z)
+            used = torch.unique(model.quantizer.encode(mu.detach())).numel()
+        return {"mel": mel.item(), **figures, "flow": flow_loss.item(), "kl": kl.item(),
+                "mid_level": (levels == (mcfg.fsq_levels - 1) // 2).float().mean().item(),
+                "codes_used": float(used), "grad_norm": grad_norm, "loss": loss.item()}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Dev files through both token kinds and both decoders: log-mel L1 (and PESQ-WB / STOI when the eval
+        extra is installed)."""
+        from codec.audio import load_audio, save_audio
+        from codec.train import _signal_metrics
+
+        model = self.model
+        model.eval()
+        kind, steps = model.decoder_kind, model.flow_steps
+        sr = model.config.sample_rate
+        results: dict[str, list[float]] = {}
+        sample_dir = self.out / "samples" / f"step_{self.step:07d}"
+        for i, row in enumerate(self.dev_rows):
+            ref = load_audio(Path(self.cfg.real_root) / row["path"], sr)[: sr * 10]
+            x = torch.from_numpy(ref)[None, None].to(self.device)
+            latents = {"cont": model.encode_latents(x), "fsq": model.quantizer.decode(model.encode(x))}
+            for token_kind, z in latents.items():
+                for decoder in ("regression", "flow"):
+                    model.set_decoding(decoder, self.cfg.eval_flow_steps)
+                    y = model.decode_latents(z)[..., : x.shape[-1]]
+                    name = f"{token_kind}_{decoder}"
+                    results.setdefault(f"mel_{name}", []).append(self.mel_loss(y, x).item())
+                    for metric, value in _signal_metrics(ref, y[0, 0].cpu().numpy()).items():
+                        results.setdefault(f"{metric}_{name}", []).append(value)
+                    if i < 2:
+                        save_audio(sample_dir / f"{i}_{name}.wav", y[0, 0].cpu().numpy(), sr)
+            if i < 2:
+                save_audio(sample_dir / f"{i}_ref.wav", ref, sr)
+        model.set_decoding(kind, steps)
+        model.train()
+        return {k: float(np.mean(v)) for k, v in results.items()}
+
+
+def initialise_from_v2(model, directory: str) -> int:
+    """Copy codec v2's encoder layers 0-10 and decoder layers 1-9 (its LayerNorms, ConvNeXt blocks and parameter
+    head) into the low-rate model where the shapes match; returns how many tensors were copied."""
+    from safetensors.torch import load_file
+
+    from codec.errors import VoxtokError
+
+    path = Path(directory) / "model.safetensors"
+    if not path.is_file():
+        raise VoxtokError(f"init_from: {directory} has no model.safetensors")
+    source = load_file(str(path))
+    target = model.state_dict()
+    copied = 0
+    for name, tensor in source.items():
+        parts = name.split(".")
+        if parts[0] == "encoder" and parts[1] == "layers" and int(parts[2]) <= 10:
+            mapped = name
+        elif parts[0] == "decoder" and parts[1] == "layers" and 1 <= int(parts[2]) <= 9:
+            mapped = ".".join(["decoder", "layers", str(int(parts[2]) + 1), *parts[3:]])
+        else:
+            continue
+        if mapped in target and target[mapped].shape == tensor.shape:
+            target[mapped].copy_(tensor.to(target[mapped].dtype))
+            copied += 1
+    return copied

@@ -1,0 +1,205 @@
+"""The 12.5 Hz tokenizer (codec.lowrate): FSQ twin, streaming = offline for both decoders, causality of the
+look-ahead, the .vlat container, training and the CLI. Tiny random-weight models; no shared data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from test_harmonic_codec import _tiny_recipe, voiced_signal
+
+from codec.cli import main
+from codec.config import LowRateConfig
+from codec.errors import VoxtokError
+from codec.latents import LatentHeader, decode_vlat, encode_vlat
+from codec.lowrate import FSQuantizer, LowRateCodec
+
+SR = 16000
+HOP = 1280
+
+
+def tiny_lowrate_config(**kw) -> LowRateConfig:
+    fields = dict(name="tiny-12hz", bands=32, pitch_lags=16, enc_sub_dim=16, enc_sub_layers=1, enc_dim=24,
+                  enc_layers=1, enc_low_dim=24, enc_low_layers=1, latent_dim=8, num_quantizers=2,
+                  codebook_size=625, dec_dim=24, dec_layers=1, flow_dim=24, flow_layers=2, flow_cond_layers=1)
+    fields.update(kw)
+    return LowRateConfig(**fields)
+
+
+@pytest.fixture(scope="module")
+def tiny_lowrate() -> LowRateCodec:
+    torch.manual_seed(0)
+    model = LowRateCodec(tiny_lowrate_config())
+    batch = torch.from_numpy(np.stack([voiced_signal(1.28, f, s) for s, f in enumerate((110, 180, 240))]))[:, None]
+    model.quantizer.initialize(model.encoder(batch))
+    # Zero-initialised output layers would decode a constant: give them some weights.
+    torch.nn.init.normal_(model.decoder.parameters_head.out.weight, std=0.05)
+    torch.nn.init.normal_(model.flow.velocity.out.weight, std=0.05)
+    with torch.no_grad():
+        targets = torch.cat([torch.randn(2, 32, 64) - 4, torch.full((2, 1, 64), 7.2), torch.ones(2, 1, 64)], 1)
+        model.flow.set_statistics(targets, torch.ones(2, 64))
+    model.eval()
+    model.use_exact_encoder()
+    return model
+
+
+def test_fsq_levels_decode_to_the_gaussian_mean_of_their_interval():
+    """Each level's value is E[z | level] for z ~ N(0, 1), so quantized tokens keep the continuous scale; codes
+    pack 4 levels of 5 into one of 625 and unpack exactly."""
+    q = FSQuantizer(tiny_lowrate_config())
+    z = torch.randn(1, 8, 200_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    levels = q.levels_of(z)
+    for k in range(5):
+        assert abs(float(z[levels == k].mean()) - float(q.centroids[k])) < 0.01
+    assert 0.9 < float(q.centroids[levels].std()) < 0.97  # conditional means keep ~88% of the variance
+    q.stats_ready.fill_(1)
+    codes = q.encode(z[..., :1000].float())
+    assert codes.shape == (1, 2, 1000) and int(codes.min()) >= 0 and int(codes.max()) < 625
+    assert torch.equal(q.decode(codes), q.centroids[q.levels_of(z[..., :1000].float())])
+    with pytest.raises(ValueError, match="all needed"):
+        q.encode(z[..., :10].float(), num_quantizers=1)
+
+
+@pytest.mark.parametrize("kind", ["flow", "regression"])
+def test_chunked_streaming_equals_the_full_pass(tiny_lowrate, kind):
+    """Any chunking of the audio gives the same codes and latents, and any chunking of the tokens the same audio
+    (within 1e-4), the flow decoder's noise included: it is read from a fixed table by frame position."""
+    model = tiny_lowrate
+    model.set_decoding(kind, steps=3)
+    x = torch.from_numpy(voiced_signal(2.0, 150, 3))[None, None].double()
+    z_full = model.encode_latents(x)
+    codes_full = model.encode(x)
+    full = model.decode_latents(z_full)[0, 0]
+    rng = np.random.default_rng(1)
+    with model.streaming(1):
+        parts, start = [], 0
+        while start < x.shape[-1]:
+            size = int(rng.integers(1, 5000))
+            parts.append(model.encode_latents_chunk(x[..., start:start + size]))
+            start += size
+        parts.append(model.flush_latents())
+    z_stream = torch.cat(parts, dim=-1)
+    assert torch.allclose(z_stream, z_full, atol=1e-9)
+    with model.streaming(1):
+        codes_stream = torch.cat([model.encode_chunk(x[..., :7000]), model.encode_chunk(x[..., 7000:]),
+                                  model.flush_encoder()], dim=-1)
+    assert torch.equal(codes_stream, codes_full)
+    with model.streaming(1):
+        out, t = [], 0
+        for size in (1, 3, 2, 100):
+            out.append(model.decode_latents_chunk(z_full[..., t:t + size]))
+            t += size
+        out.append(model.flush_decoder())
+    stream = torch.cat(out, dim=-1)[0, 0]
+    assert stream.shape[-1] >= full.shape[-1] == z_full.shape[-1] * HOP
+    assert float((stream[: full.shape[-1]] - full).abs().max().detach()) < 1e-4
+    model.set_decoding("flow", steps=8)
+
+
+@pytest.mark.parametrize("kind", ["flow", "regression"])
+def test_the_decoder_looks_exactly_lookahead_tokens_ahead(tiny_lowrate, kind):
+    """Tokens from index k on change nothing before (k - lookahead) * hop - the synthesiser's overlap: the stated
+    latency (a token, the look-ahead and 15 ms) is the whole of it."""
+    model = tiny_lowrate.set_decoding(kind, steps=2)
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(1, 8, 12, generator=g, dtype=torch.float64)
+    changed = z.clone()
+    k = 7
+    changed[..., k:] = torch.randn(1, 8, 12 - k, generator=g, dtype=torch.float64)
+    a, b = model.decode_latents(z)[0, 0], model.decode_latents(changed)[0, 0]
+    lookahead = model.config.lookahead_tokens
+    safe = (k - lookahead) * HOP - (model.config.window - model.config.subframe)
+    assert torch.equal(a[:safe], b[:safe])
+    assert not torch.equal(a[safe:], b[safe:])
+    assert model.config.latency_samples == HOP + lookahead * HOP + 240  # 175 ms at 16 kHz
+    model.set_decoding("flow", steps=8)
+
+
+def test_bitrate_and_config_rules(tiny_lowrate):
+    cfg = LowRateConfig()
+    assert cfg.frame_rate == 12.5 and cfg.kbps_per_codebook == 1.25 / 10 and cfg.codebook_size == 5 ** 4
+    assert LowRateCodec(cfg).operating_points == [(8, 1.0)]
+    assert tiny_lowrate.num_quantizers_for(None) == 2
+    with pytest.raises(VoxtokError, match="below it"):
+        LowRateCodec(cfg).num_quantizers_for(0.5)
+    with pytest.raises(ValueError, match="codebook_size must be"):
+        LowRateConfig.from_dict({**cfg.to_dict(), "codebook_size": 1024})
+    with pytest.raises(ValueError, match="multiple of num_quantizers"):
+        LowRateConfig.from_dict({**cfg.to_dict(), "num_quantizers": 3})
+
+
+def test_vlat_container_refuses_damage():
+    latents = np.random.default_rng(0).standard_normal((13, 8)).astype(np.float32)
+    header = LatentHeader("m", "abc", SR, 12.5, 8, 16000, 13)
+    data = encode_vlat(header, latents)
+    got_header, got = decode_vlat(data)
+    assert got_header == header and np.allclose(got, latents, atol=2e-3)  # float16 payload
+    flipped = bytearray(data)
+    flipped[-1] ^= 1
+    for bad, match in ((data[:-3], "truncated"), (bytes(flipped), "CRC"), (b"RIFF" + data[4:], "not a .vlat")):
+        with pytest.raises(VoxtokError, match=match):
+            decode_vlat(bad)
+    with pytest.raises(VoxtokError, match="disagree"):
+        encode_vlat(LatentHeader("m", "abc", SR, 12.5, 8, 16000, 12), latents[:12])
+    with pytest.raises(VoxtokError, match="NaN"):
+        encode_vlat(header, np.full((13, 8), np.nan, dtype=np.float32))
+
+
+def test_training_lowers_both_losses_and_resumes(tmp_path):
+    """LowRateTrainer on three voiced clips: the regression and the flow losses fall, the statistics are set,
+    and the checkpoint loads as a LowRateCodec that decodes."""
+    from codec.compress import load_codec
+    from codec.train import load_recipe, trainer_class_for
+    from codec.train_lowrate import LowRateTrainer
+
+    recipe = _tiny_recipe(tmp_path, 40, config=tiny_lowrate_config(), extra="eval_flow_steps = 2")
+    model_cfg, train_cfg = load_recipe(recipe)
+    assert trainer_class_for(model_cfg) is LowRateTrainer
+    trainer = LowRateTrainer(model_cfg, train_cfg, progress=False)
+    trainer.train(40)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in log if "loss" in r]
+    assert steps[-1]["mel"] < steps[0]["mel"] and steps[-1]["flow"] < steps[0]["flow"]
+    assert any("dev/mel_fsq_flow" in r for r in log)
+    model = load_codec(tmp_path / "run" / "checkpoint")
+    assert isinstance(model, LowRateCodec) and model.flow.stats_ready.item() == 1
+    mean, std = model.latent_statistics()
+    assert mean.shape == (8,) and bool((std > 0).all())
+    y = model.decode(model.encode(torch.from_numpy(voiced_signal(1.0))[None, None]))
+    assert y.shape[-1] == 13 * HOP and torch.isfinite(y).all()
+    resumed = LowRateTrainer(model_cfg, train_cfg, progress=False)
+    assert resumed.load_checkpoint() and resumed.step == 40
+
+
+def test_cli_encodes_latents_and_decodes_them_and_tokens(tmp_path, capsys, tiny_lowrate):
+    model_dir = tmp_path / "model"
+    tiny_lowrate.save_pretrained(model_dir)
+    wav = tmp_path / "a.wav"
+    sf.write(wav, voiced_signal(1.5, 140), SR)
+    vlat, vtok = tmp_path / "a.vlat", tmp_path / "a.vtok"
+    assert main(["encode", str(wav), "-o", str(vlat), "--model", str(model_dir), "--format", "latents"]) == 0
+    assert main(["encode", str(wav), "-o", str(vtok), "--model", str(model_dir)]) == 0
+    header, latents = decode_vlat(vlat.read_bytes())
+    assert latents.shape == (-(-len(voiced_signal(1.5)) // HOP), 8) and header.num_samples == 24000
+    out = tmp_path / "a_flow.wav"
+    assert main(["decode", str(vlat), "-o", str(out), "--model", str(model_dir), "--steps", "2"]) == 0
+    decoded, sr = sf.read(out)
+    assert sr == SR and len(decoded) == 24000 and np.abs(decoded).max() > 0
+    assert main(["decode", str(vtok), "-o", str(tmp_path / "b.wav"), "--model", str(model_dir),
+                 "--decoder", "regression"]) == 0
+    capsys.readouterr()
+    # Bad use: one error line, non-zero, nothing written.
+    assert main(["encode", str(wav), "-o", str(tmp_path / "c.vtok"), "--model", str(model_dir),
+                 "--bitrate", "0.1"]) != 0
+    assert main(["decode", str(vlat), "-o", str(tmp_path / "d.wav"), "--model", str(model_dir),
+                 "--steps", "0"]) != 0
+    broken = tmp_path / "broken.vlat"
+    broken.write_bytes(vlat.read_bytes()[:-5])
+    assert main(["decode", str(broken), "-o", str(tmp_path / "e.wav"), "--model", str(model_dir)]) != 0
+    err = capsys.readouterr().err
+    assert "below it" in err and "flow steps" in err and "truncated" in err
+    assert all(line.startswith("voxtok: error:") for line in err.strip().splitlines())
+    assert not any((tmp_path / n).exists() for n in ("c.vtok", "d.wav", "e.wav"))
