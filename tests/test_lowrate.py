@@ -203,3 +203,40 @@ def test_cli_encodes_latents_and_decodes_them_and_tokens(tmp_path, capsys, tiny_
     assert "below it" in err and "flow steps" in err and "truncated" in err
     assert all(line.startswith("voxtok: error:") for line in err.strip().splitlines())
     assert not any((tmp_path / n).exists() for n in ("c.vtok", "d.wav", "e.wav"))
+
+
+def test_eval_system_options_reach_the_tokenizer(tmp_path, tiny_lowrate):
+    """`voxtok eval` specs: +latents sends the continuous tokens (float16: 2 bytes per dimension and frame),
+    +regression / +steps=N pick the decoder; an unknown option is refused."""
+    from codec.eval.systems import parse_system
+
+    tiny_lowrate.save_pretrained(tmp_path / "m")
+    samples = voiced_signal(1.0, 150)
+    latents = parse_system(f"voxtok:{tmp_path / 'm'}+latents+steps=2")
+    assert latents.latents and latents.decoding == {"steps": 2}
+    out = latents.process(samples, tmp_path, "a")
+    assert len(out.samples) == len(samples) and out.encoded_bytes > 13 * 8 * 2
+    control = parse_system(f"voxtok:{tmp_path / 'm'}+regression")
+    assert len(control.process(samples, tmp_path, "a").samples) == len(samples)
+    with pytest.raises(VoxtokError, match="unknown option"):
+        parse_system("voxtok+fast")
+
+
+def test_onnx_export_streams_like_pytorch(tmp_path, tiny_lowrate):
+    """The exported encoder gives PyTorch's latents and codes, and the runtime's streamed flow decoding (numpy
+    Euler loop over the one-step graph) matches PyTorch's offline decoding."""
+    pytest.importorskip("onnxruntime")
+    from codec.compress import load_codec
+    from export.lowrate_onnx import export_lowrate_onnx, verify_lowrate_export
+    from export.lowrate_runtime import LowRateRuntime
+
+    tiny_lowrate.save_pretrained(tmp_path / "m")
+    model = load_codec(tmp_path / "m")
+    manifest = export_lowrate_onnx(model, tmp_path / "onnx")
+    assert manifest["latency"]["algorithmic_ms"] == 175.0
+    audio = voiced_signal(1.5, 130)
+    figures = verify_lowrate_export(model, tmp_path / "onnx", audio)
+    assert figures["latent_max_abs_error"] < 1e-3 and figures["stream_snr_db"] > 40
+    runtime = LowRateRuntime(tmp_path / "onnx")
+    codes = runtime.fsq_codes(runtime.encode_latents(audio))
+    assert np.array_equal(codes, model.encode(torch.from_numpy(audio)[None, None])[0].numpy())

@@ -86,19 +86,25 @@ def count_params(module) -> float:
 class TorchCodec(Backend):
     """The model exactly as `load_codec()` gives it (encoder in float64, see VoxtokCodec.use_exact_encoder)."""
 
-    def __init__(self, model: str | None, bitrate_kbps: float | None, threads: int):
+    def __init__(self, model: str | None, bitrate_kbps: float | None, threads: int, decoding: dict | None = None):
         configure_torch(threads)
+        import argparse
+
         import torch
 
+        from codec.commands.decoding import apply_decoding_options
         from codec.compress import load_codec
 
         self._torch = torch
         self.model = load_codec(model)
+        decoding = decoding or {}
+        apply_decoding_options(self.model, argparse.Namespace(decoder=decoding.get("decoder"),
+                                                              steps=decoding.get("steps"), temperature=None))
         self.num_quantizers = self.model.num_quantizers_for(bitrate_kbps)
         cfg = self.model.config
         encoder_dtype = str(self.model.encoder_dtype).replace("torch.", "")
         self.info = SystemInfo(
-            name=self.model.model_id,
+            name=self.model.model_id + "".join(f" {k}={v}" for k, v in decoding.items()),
             implementation=f"PyTorch {torch.__version__}, encoder {encoder_dtype}",
             sample_rate=cfg.sample_rate,
             kbps=round(self.num_quantizers * cfg.kbps_per_codebook, 3),
@@ -229,7 +235,7 @@ def onnx_precisions(folder: str | Path) -> list[str]:
 def make_backend(kind: str, options: dict, threads: int) -> Backend:
     """`voxtok` (PyTorch), `onnx` (an exported folder) or a peer name from codec.bench.peers."""
     if kind == "voxtok":
-        return TorchCodec(options.get("model"), options.get("bitrate"), threads)
+        return TorchCodec(options.get("model"), options.get("bitrate"), threads, options.get("decoding"))
     if kind == "onnx":
         return OnnxCodec(options["folder"], options.get("precision", "fp32"), options.get("bitrate"), threads)
     from codec.bench.peers import PEERS, build_peer

@@ -249,6 +249,8 @@ class BenchSettings:
     bitrate: float | None = None
     peers: list[str] = field(default_factory=list)
     onnx: str | None = None
+    # The 12.5 Hz tokenizer's decoder options ({"decoder": ..., "steps": ...}; codec.commands.decoding).
+    decoding: dict = field(default_factory=dict)
     command: str = "voxtok bench"
 
 
@@ -263,7 +265,8 @@ def plan_jobs(settings: BenchSettings) -> tuple[list[Job], list[str]]:
 
     jobs, notes = [], []
     for threads in settings.threads:
-        jobs.append(Job("voxtok (PyTorch)", spec("voxtok", {"model": settings.model, "bitrate": settings.bitrate},
+        jobs.append(Job("voxtok (PyTorch)", spec("voxtok", {"model": settings.model, "bitrate": settings.bitrate,
+                                                            "decoding": settings.decoding},
                                                  threads, settings.chunk_ms), required=True))
     if settings.onnx is not None:
         from codec.bench.backends import onnx_precisions

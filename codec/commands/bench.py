@@ -30,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", default=None, metavar="OUT", help="write the full report as JSON")
     p.add_argument("--markdown", default=None, metavar="OUT", help="write the Markdown report")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.add_argument("--decoder", choices=["flow", "regression"], default=None,
+                   help="12.5 Hz tokenizer: which decoder to time (default flow)")
+    p.add_argument("--steps", type=int, default=None, help="12.5 Hz tokenizer: flow decoder Euler steps")
     p.set_defaults(func=run)
 
 
@@ -53,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         input=str(args.input or default_input()), model=args.model, seconds=args.seconds, repeats=args.repeats,
         threads=threads, chunk_ms=chunk_ms, stream_seconds=args.stream_seconds, bitrate=args.bitrate,
         peers=parse_peers(args.peers) if args.peers is not None else [], onnx=args.onnx,
+        decoding={k: v for k, v in (("decoder", args.decoder), ("steps", args.steps)) if v is not None},
         command=_command(args, threads, chunk_ms))
     progress = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     report = run_bench(settings, progress)
@@ -95,7 +99,8 @@ def _command(args: argparse.Namespace, threads: list[int], chunk_ms: list[float]
              "--chunk-ms", ",".join(f"{c:g}" for c in chunk_ms) or "none",
              "--stream-seconds", f"{args.stream_seconds:g}"]
     for flag, value in (("--model", args.model), ("--input", args.input), ("--bitrate", args.bitrate),
-                        ("--peers", args.peers), ("--onnx", args.onnx)):
+                        ("--peers", args.peers), ("--onnx", args.onnx), ("--decoder", args.decoder),
+                        ("--steps", args.steps)):
         if value is not None:
             parts += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
     return shlex.join(parts)

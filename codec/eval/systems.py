@@ -255,36 +255,73 @@ class DecodedFolder:
 
 
 class VoxtokSystem:
-    """This project's codec through its public API: load_codec, compress and decompress."""
+    """This project's codec through its public API: load_codec, compress and decompress. For the 12.5 Hz tokenizer
+    `decoding` picks the decoder ({"decoder": "flow" | "regression", "steps": N}) and `latents` sends the
+    continuous tokens (a .vlat file's worth of float16) instead of the FSQ codes."""
 
-    def __init__(self, model: str | None, bitrate_kbps: float | None, name: str | None = None, loaded=None):
+    def __init__(self, model: str | None, bitrate_kbps: float | None, name: str | None = None, loaded=None,
+                 decoding: dict | None = None, latents: bool = False):
         """loaded: the model already in memory (a caller that keeps one for many requests, as the demo does)."""
         self.model_name = model
         self.bitrate_kbps = bitrate_kbps
+        self.decoding = decoding or {}
+        self.latents = latents
         rate = f"@{bitrate_kbps:g}kbps" if bitrate_kbps is not None else ""
-        self.name = name or f"voxtok{':' + model if model else ''}{rate}"
+        options = "".join(f"+{k}={v}" if k == "steps" else f"+{v}" for k, v in self.decoding.items())
+        self.name = name or f"voxtok{':' + model if model else ''}{rate}{'+latents' if latents else ''}{options}"
         self._model = loaded
 
     def check(self) -> None:
         from codec.compress import load_codec
+        from codec.lowrate import LowRateCodec
 
         self._model = load_codec(self.model_name)
+        if (self.decoding or self.latents) and not isinstance(self._model, LowRateCodec):
+            raise VoxtokError(f"system {self.name}: decoder options and +latents need the 12.5 Hz tokenizer")
 
     def process(self, samples: np.ndarray, tmpdir: Path, key: str) -> Decoded:
         from codec.compress import compress, decompress
 
         if self._model is None:
             self.check()
+        model = self._model
+        if self.decoding:
+            model.set_decoding(self.decoding.get("decoder"), self.decoding.get("steps"))
         start = time.perf_counter()
-        data = compress(self._model, samples, SAMPLE_RATE, bitrate_kbps=self.bitrate_kbps)
+        if self.latents:
+            decoded, size, encode_s, decode_s = self._latent_roundtrip(samples)
+        else:
+            data = compress(model, samples, SAMPLE_RATE, bitrate_kbps=self.bitrate_kbps)
+            encode_s = time.perf_counter() - start
+            start = time.perf_counter()
+            decoded, rate = decompress(model, data)
+            decode_s = time.perf_counter() - start
+            size = len(data)
+            if rate != SAMPLE_RATE:
+                decoded = soxr.resample(decoded, rate, SAMPLE_RATE, quality="HQ").astype(np.float32)
+        decoded = np.asarray(decoded, dtype=np.float32).reshape(-1)
+        return Decoded(decoded, size, encode_s, decode_s)
+
+    def _latent_roundtrip(self, samples: np.ndarray) -> tuple[np.ndarray, int, float, float]:
+        import torch
+
+        from codec.latents import LatentHeader, decode_vlat, encode_vlat
+
+        model, cfg = self._model, self._model.config
+        start = time.perf_counter()
+        with torch.inference_mode():
+            z = model.encode_latents(torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))[None, None])
+        latents = z[0].T.float().numpy()
+        header = LatentHeader(model.model_id, cfg.config_hash(), cfg.sample_rate, cfg.frame_rate, cfg.latent_dim,
+                              len(samples), latents.shape[0])
+        data = encode_vlat(header, latents)
         encode_s = time.perf_counter() - start
         start = time.perf_counter()
-        decoded, rate = decompress(self._model, data)
-        decode_s = time.perf_counter() - start
-        decoded = np.asarray(decoded, dtype=np.float32).reshape(-1)
-        if rate != SAMPLE_RATE:
-            decoded = soxr.resample(decoded, rate, SAMPLE_RATE, quality="HQ").astype(np.float32)
-        return Decoded(decoded, len(data), encode_s, decode_s)
+        _, stored = decode_vlat(data)
+        with torch.inference_mode():
+            y = model.decode_latents(torch.from_numpy(np.ascontiguousarray(stored.T))[None])
+        decoded = y[0, 0, : len(samples)].float().numpy()
+        return decoded, len(data), encode_s, time.perf_counter() - start
 
 
 # ---------------------------------------------------------------- command-line specs
@@ -329,11 +366,23 @@ def parse_system(spec: str, timeout: float = DEFAULT_TIMEOUT_S) -> System:
 
 
 def _parse_voxtok(spec: str, name: str | None) -> VoxtokSystem:
-    match = re.match(r"^voxtok(?::(?P<model>[^@]+))?(?:@(?P<rate>[0-9.]+)\s*(?:kbps|k)?)?$", spec, re.I)
+    head, *options = spec.split("+")
+    match = re.match(r"^voxtok(?::(?P<model>[^@]+))?(?:@(?P<rate>[0-9.]+)\s*(?:kbps|k)?)?$", head, re.I)
     if not match:
-        raise VoxtokError(f"system {spec!r}: write voxtok[:MODEL][@KBPS], e.g. voxtok@1.5kbps")
+        raise VoxtokError(f"system {spec!r}: write voxtok[:MODEL][@KBPS][+OPTION...], e.g. voxtok@1.5kbps")
     rate = _number(match.group("rate"), spec, "kbps") if match.group("rate") else None
-    return VoxtokSystem(match.group("model"), rate, name)
+    decoding: dict = {}
+    latents = False
+    for option in options:
+        if option in ("flow", "regression"):
+            decoding["decoder"] = option
+        elif option.startswith("steps="):
+            decoding["steps"] = int(_number(option[6:], spec, "steps"))
+        elif option == "latents":
+            latents = True
+        else:
+            raise VoxtokError(f"system {spec!r}: unknown option +{option} (+flow, +regression, +steps=N, +latents)")
+    return VoxtokSystem(match.group("model"), rate, name, decoding=decoding, latents=latents)
 
 
 def _number(text: str, spec: str, what: str) -> float:

@@ -32,6 +32,13 @@ def run_onnx(args: argparse.Namespace) -> int:
     from export.onnx_export import export_pretrained, verify_export
 
     out = Path(args.output)
+    if args.model:
+        from codec.compress import load_codec
+        from codec.lowrate import LowRateCodec
+
+        model = load_codec(args.model)
+        if isinstance(model, LowRateCodec):
+            return _export_lowrate(model, args, out)
     manifest = export_pretrained(args.model, out, int8=args.int8)
     summary = {
         "output": str(out), "model_id": manifest["model_id"], "config_hash": manifest["config_hash"],
@@ -53,5 +60,33 @@ def run_onnx(args: argparse.Namespace) -> int:
     failed = [p for p, f in summary.get("verify", {}).items() if p == "fp32" and not f["ok"]]
     if failed:
         print("voxtok: error: the fp32 graphs do not match PyTorch (see above)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _export_lowrate(model, args: argparse.Namespace, out) -> int:
+    """The 12.5 Hz tokenizer: streaming encoder, conditioning, one flow step and the synthesiser
+    (export/lowrate_onnx.py), checked against PyTorch unless --no-verify."""
+    import json
+    import sys
+
+    from codec.errors import VoxtokError
+    from export.lowrate_onnx import export_lowrate_onnx, verify_lowrate_export
+    from export.onnx_export import model_weights_sha256, probe_signal, resolve_model_dir
+
+    if args.int8:
+        raise VoxtokError(f"{model.model_id}: INT8 graphs are not offered for the 12.5 Hz tokenizer; export fp32")
+    manifest = export_lowrate_onnx(model, out, model_weights_sha256(resolve_model_dir(args.model)))
+    summary = {"output": str(out), "model_id": manifest["model_id"], "graphs": manifest["graphs"],
+               "algorithmic_latency_ms": manifest["latency"]["algorithmic_ms"]}
+    if not args.no_verify:
+        summary["verify"] = verify_lowrate_export(model, out, probe_signal(model.config.sample_rate))
+    print(json.dumps(summary, indent=2) if args.json else
+          f"exported {manifest['model_id']} -> {out}: " + ", ".join(manifest["graphs"])
+          + (f"; verify {summary['verify']}" if "verify" in summary else ""))
+    ok = "verify" not in summary or (summary["verify"]["latent_max_abs_error"] < 1e-3
+                                     and summary["verify"]["stream_snr_db"] > 30)
+    if not ok:
+        print("voxtok: error: the graphs do not match PyTorch (see above)", file=sys.stderr)
         return 1
     return 0
