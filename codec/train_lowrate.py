@@ -66,7 +66,7 @@ class LowRateTrainer(HarmonicTrainer):
             flow.set_statistics(targets, mask)
         mu = model.encoder(audio)
         model.quantizer.update_statistics(mu.detach())
-        z = model.quantizer.normalise(mu)
+        z = model.quantizer.normalise_by_batch(mu)
         b = z.shape[0]
         scale = torch.randn(b, 1, 1, device=z.device).abs() * cfg.vae_noise
         continuous = z + scale * torch.randn_like(z)

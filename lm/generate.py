@@ -1,0 +1,122 @@
+"""Generation with a KV cache: frames come out one at a time, so a caller can decode them as they arrive.
+
+Discrete: at step s codebook k samples group k of frame s - k (the delay pattern); codebooks whose frame has not
+started yet are forced to the delay's padding, the end-of-speech token is only allowed in codebook 0, and once it
+is drawn the remaining K - 1 steps finish the frames already begun. Continuous: each step draws the next latent
+from the flow head and ends when the EOS head says so (probability above one half).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from lm.model import SPEECH, SpeechLM
+from lm.sequence import _speech, prefix
+
+
+@dataclass
+class Sampling:
+    temperature: float = 1.0
+    top_k: int = 0  # 0: no top-k cut
+    top_p: float = 1.0
+    seed: int = 0
+    max_frames: int = 400  # 32 s at 12.5 Hz
+    min_frames: int = 1
+    flow_steps: int | None = None  # continuous: Euler steps of the flow head (default: the config's)
+
+
+def filtered_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """[..., V] logits with everything outside the top-k and the top-p nucleus set to -inf."""
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # Drop a token once the probability before it already reaches top_p (the first one always stays).
+        drop = probs.cumsum(dim=-1) - probs >= top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return logits
+
+
+def _draw(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> torch.Tensor:
+    if sampling.temperature <= 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(filtered_logits(logits / sampling.temperature, sampling.top_k, sampling.top_p), dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)[..., 0]
+
+
+@torch.inference_mode()
+def generate_frames(model: SpeechLM, prompt: torch.Tensor, phone_ids: list[int],
+                    sampling: Sampling | None = None) -> Iterator[torch.Tensor]:
+    """Yield frames as they complete: codes [K] (discrete) or latents [D] (continuous). Ends at end of speech
+    or after sampling.max_frames frames."""
+    sampling = sampling or Sampling()
+    cfg = model.config
+    generator = torch.Generator().manual_seed(sampling.seed)
+    device = next(model.parameters()).device
+    head = {k: v[None].to(device) for k, v in prefix(cfg, prompt, phone_ids).items()}
+    hidden, cache = model.backbone(model.embed(head))
+    position = head["kinds"].shape[1]
+    state = hidden[:, -1]
+    if cfg.kind == "continuous":
+        yield from _continuous(model, state, cache, position, sampling, generator)
+        return
+    k_books = cfg.num_codebooks
+    history: list[torch.Tensor] = []  # delayed steps drawn so far, [K] each
+    ended_at: int | None = None  # the frame index holding end of speech
+    step = 0
+    while True:
+        codes = torch.empty(k_books, dtype=torch.long)
+        for k, head_k in enumerate(model.code_heads):  # codebook 0 first: it decides the end
+            frame = step - k
+            if frame < 0:
+                codes[k] = cfg.pad_token
+            elif ended_at is not None and frame >= ended_at:
+                codes[k] = cfg.eos_token if frame == ended_at else cfg.pad_token
+            elif k == 0 and frame >= sampling.max_frames:
+                codes[k], ended_at = cfg.eos_token, frame
+            else:
+                logits = head_k(state)[0].float()
+                logits[cfg.pad_token] = float("-inf")
+                if k > 0 or frame < sampling.min_frames:
+                    logits[cfg.eos_token] = float("-inf")
+                codes[k] = _draw(logits, sampling, generator)
+                if k == 0 and codes[k] == cfg.eos_token:
+                    ended_at = frame
+        history.append(codes)
+        done = step - (k_books - 1)  # the frame whose last codebook was just drawn
+        if done >= 0 and (ended_at is None or done < ended_at):
+            yield torch.stack([history[done + k][k] for k in range(k_books)])
+        if ended_at is not None and done >= ended_at - 1:
+            return
+        item = _speech(cfg, codes[:, None], segment=2)
+        x = model.embed({key: value[None].to(device) for key, value in item.items()})
+        hidden, cache = model.backbone(x, position, cache)
+        position += 1
+        state = hidden[:, -1]
+        step += 1
+
+
+def _continuous(model: SpeechLM, state: torch.Tensor, cache: list, position: int, sampling: Sampling,
+                generator: torch.Generator) -> Iterator[torch.Tensor]:
+    cfg = model.config
+    steps = sampling.flow_steps or cfg.flow_steps
+    device = state.device
+    for frame in range(sampling.max_frames):
+        if frame >= sampling.min_frames and torch.sigmoid(model.eos_head(state))[0, 0] > 0.5:
+            return
+        latent = model.flow_head.sample(state, steps, max(sampling.temperature, 0.0), generator)[0]
+        yield latent
+        item = {"kinds": torch.full((1, 1), SPEECH, device=device),
+                "segments": torch.full((1, 1), 2, device=device),
+                "text": torch.zeros(1, 1, dtype=torch.long, device=device),
+                "markers": torch.zeros(1, 1, dtype=torch.long, device=device),
+                "latents": latent[None, :, None]}
+        hidden, cache = model.backbone(model.embed(item), position, cache)
+        position += 1
+        state = hidden[:, -1]

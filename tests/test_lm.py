@@ -1,0 +1,133 @@
+"""lm/: the delay pattern, the phonemizer, sequences, the KV cache and generation, on tiny random-weight models
+(the overfitting tests check that a model that has learnt one utterance says it back and stops)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from codec.errors import VoxtokError
+from lm.delay import apply_delay, undo_delay
+from lm.generate import Sampling, filtered_logits, generate_frames
+from lm.model import SpeechLM, SpeechLMConfig
+from lm.phonemes import CLAUSE, WORD, phonemize, symbols_to_ids
+from lm.sequence import collate, prefix, training_item
+
+SYMBOLS = ["a", "b", "c", "d", WORD]
+
+
+def tiny(kind: str = "discrete", **kw) -> SpeechLMConfig:
+    fields = dict(kind=kind, num_codebooks=3, codebook_size=16, latent_dim=4, phone_symbols=SYMBOLS, dim=32,
+                  layers=2, heads=2, flow_dim=32, flow_layers=2, input_noise=0.0)
+    fields.update(kw)
+    return SpeechLMConfig(**fields)
+
+
+def test_delay_pattern_round_trip():
+    codes = torch.arange(12).reshape(3, 4)
+    delayed = apply_delay(codes, pad=-7)
+    assert delayed.shape == (3, 6)
+    assert delayed[1, 0] == -7 and delayed[1, 1] == codes[1, 0] and delayed[2, 5] == codes[2, 3]
+    assert torch.equal(undo_delay(delayed), codes)
+
+
+def test_phonemizer_symbols_and_errors():
+    symbols = phonemize("Hello world. Second one!")
+    assert WORD in symbols and CLAUSE in symbols and "ˈ" in symbols and "oʊ" in symbols
+    assert phonemize("hello") == phonemize("  hello  ")
+    for bad in ("", "   "):
+        with pytest.raises(VoxtokError, match="empty"):
+            phonemize(bad)
+    with pytest.raises(VoxtokError, match="not in this model's symbol table"):
+        symbols_to_ids(["a", "zz"], SYMBOLS)
+
+
+def test_top_k_and_top_p_keep_the_right_tokens():
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    assert torch.isinf(filtered_logits(logits, 2, 1.0)[2:]).all() and torch.isfinite(filtered_logits(logits, 2, 1.0)[:2]).all()
+    nucleus = filtered_logits(logits, 0, 0.7)  # 0.5 + 0.3 reach 0.7: two tokens stay
+    assert torch.isfinite(nucleus[:2]).all() and torch.isinf(nucleus[2:]).all()
+
+
+@pytest.mark.parametrize("kind", ["discrete", "continuous"])
+def test_kv_cache_gives_the_full_pass_states(kind):
+    torch.manual_seed(0)
+    model = SpeechLM(tiny(kind)).eval()
+    target = torch.randint(0, 16, (3, 5)) if kind == "discrete" else torch.randn(4, 5)
+    batch = collate([training_item(model.config, target[:, :2], [0, 1, 4, 2], target)])
+    x = model.embed(batch)
+    full, _ = model.backbone(x)
+    part, cache = model.backbone(x[:, :6])
+    rest = []
+    for i in range(6, x.shape[1]):
+        h, cache = model.backbone(x[:, i:i + 1], i, cache)
+        rest.append(h)
+    assert torch.allclose(torch.cat([part, *rest], dim=1), full, atol=1e-5)
+
+
+def _overfit(model: SpeechLM, item: dict, steps: int) -> list[float]:
+    batch = collate([item])
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    model.train()
+    for _ in range(steps):
+        loss, _ = model.loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def test_discrete_lm_says_back_the_utterance_it_learnt_and_stops():
+    """Overfit one sequence; greedy generation from its prefix must return its codes frame by frame (delay
+    pattern, KV cache and end of speech all have to line up for that) and end there."""
+    torch.manual_seed(0)
+    model = SpeechLM(tiny())
+    target = torch.randint(0, 16, (3, 7), generator=torch.Generator().manual_seed(1))
+    prompt = torch.randint(0, 16, (3, 3), generator=torch.Generator().manual_seed(2))
+    phones = [0, 1, 4, 2, 3]
+    losses = _overfit(model, training_item(model.config, prompt, phones, target), 150)
+    assert losses[-1] < 0.05 * losses[0]
+    model.eval()
+    frames = list(generate_frames(model, prompt, phones, Sampling(temperature=0.0)))
+    assert torch.equal(torch.stack(frames, dim=1), target)
+    # Seeded sampling repeats; max_frames caps a run that never ends.
+    a = list(generate_frames(model, prompt, phones, Sampling(temperature=1.5, seed=3)))
+    b = list(generate_frames(model, prompt, phones, Sampling(temperature=1.5, seed=3)))
+    assert all(torch.equal(x, y) for x, y in zip(a, b)) and len(a) == len(b)
+    assert len(list(generate_frames(model, prompt, phones, Sampling(temperature=0.0, max_frames=4)))) == 4
+
+
+def test_continuous_lm_says_back_the_latents_it_learnt_and_stops():
+    torch.manual_seed(0)
+    model = SpeechLM(tiny("continuous"))
+    target = torch.randn(4, 6, generator=torch.Generator().manual_seed(1))
+    phones = [0, 2, 4, 1]
+    losses = _overfit(model, training_item(model.config, torch.zeros(4, 0), phones, target), 400)
+    # One random flow time per row makes a single step's loss noisy: compare means.
+    assert sum(losses[-20:]) < 0.25 * sum(losses[:20])
+    model.eval()
+    frames = list(generate_frames(model, torch.zeros(4, 0), phones, Sampling(temperature=0.0, flow_steps=8)))
+    assert len(frames) == 6
+    error = (torch.stack(frames, dim=1) - target).abs().mean() / target.abs().mean()
+    print("continuous overfit: relative error", float(error))
+    assert error < 0.2
+
+
+def test_prefix_layout_and_weights_round_trip(tmp_path):
+    cfg = tiny()
+    head = prefix(cfg, torch.zeros(3, 2, dtype=torch.long), [0, 1])
+    # 2 prompt frames + 2 delay steps, <prompt-end>, 2 phonemes, <sep>
+    assert head["kinds"].tolist() == [0, 0, 0, 0, 2, 1, 1, 2]
+    model = SpeechLM(cfg)
+    model.save_pretrained(tmp_path / "lm")
+    again = SpeechLM.from_pretrained(tmp_path / "lm")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    config = json.loads((tmp_path / "lm" / "config.json").read_text())
+    config["phone_symbols"] = []
+    (tmp_path / "lm" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(VoxtokError, match="phone_symbols"):
+        SpeechLM.from_pretrained(tmp_path / "lm")
