@@ -114,7 +114,11 @@ class FSQuantizer(nn.Module):
         """Encoder means [B, dim, T] -> codes [B, groups, T] (int64, each in [0, levels ** group))."""
         if num_quantizers not in (None, self.groups):
             raise ValueError(f"the FSQ twin has {self.groups} codes per frame, all needed; got {num_quantizers}")
-        levels = self.levels_of(self.normalise(latents))
+        return self.codes_of_normalised(self.normalise(latents))
+
+    def codes_of_normalised(self, z: torch.Tensor) -> torch.Tensor:
+        """Normalised latents [B, dim, T] (the continuous tokens) -> their FSQ codes [B, groups, T]."""
+        levels = self.levels_of(z)
         b, _, t = levels.shape
         grouped = levels.reshape(b, self.groups, self.group, t)
         return (grouped * self.radix[None, None, :, None]).sum(dim=2)

@@ -132,3 +132,70 @@ def test_prefix_layout_and_weights_round_trip(tmp_path):
     (tmp_path / "lm" / "config.json").write_text(json.dumps(config))
     with pytest.raises(VoxtokError, match="phone_symbols"):
         SpeechLM.from_pretrained(tmp_path / "lm")
+
+
+def _espeak_corpus(folder, texts, voice="en-us"):
+    """A manifest folder of espeak-ng utterances (exact text), one speaker."""
+    import subprocess
+
+    folder.mkdir()
+    rows = []
+    for i, text in enumerate(texts):
+        subprocess.run(["espeak-ng", "-v", voice, "-w", str(folder / f"u{i}.wav"), text], check=True)
+        rows.append(json.dumps({"path": f"u{i}.wav", "text": text, "speaker": f"espeak:{voice}"}))
+    (folder / "manifest.jsonl").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def test_corpus_training_and_tts_end_to_end(tmp_path, capsys):
+    """Speech with text -> `voxtok lm corpus` (tiny tokenizer) -> `voxtok lm train` -> `voxtok tts`: every stage
+    runs as a user runs it and writes what it promises; bad text or a missing model is one error line."""
+    import soundfile as sf
+    from test_lowrate import tiny_lowrate_config
+
+    from codec.cli import main
+    from codec.lowrate import LowRateCodec
+    from lm.corpus import load_corpus
+
+    torch.manual_seed(0)
+    tokenizer = LowRateCodec(tiny_lowrate_config())
+    tokenizer.quantizer.initialize(tokenizer.encoder(torch.randn(2, 1, 12800) * 0.1))
+    tokenizer.save_pretrained(tmp_path / "tok")
+    train = _espeak_corpus(tmp_path / "train", ["The cat sat on the mat.", "A dog ran home.", "It is raining."])
+    held = _espeak_corpus(tmp_path / "held", ["The sun is out."])
+    assert main(["lm", "corpus", str(tmp_path / "corpus"), "--source", str(train), "--heldout", str(held),
+                 "--tokenizer", str(tmp_path / "tok"), "--quiet"]) == 0
+    meta, utterances = load_corpus(tmp_path / "corpus")
+    assert meta["utterances"] == 4 and [u.split for u in utterances].count("heldout") == 1
+    assert all(u.codes.shape[0] == 2 and u.latents.shape[0] == 8 and u.phones for u in utterances)
+    recipe = tmp_path / "lm.toml"
+    recipe.write_text(f"""[model]
+kind = "discrete"
+dim = 32
+layers = 1
+heads = 2
+[train]
+corpus = "{tmp_path / 'corpus'}"
+out_dir = "{tmp_path / 'run'}"
+steps = 12
+batch_size = 2
+log_every = 4
+checkpoint_every = 6
+eval_every = 6
+""")
+    assert main(["lm", "train", str(recipe), "--no-progress"]) == 0
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert any("heldout/loss" in r for r in log)
+    out = tmp_path / "said.wav"
+    code = main(["tts", "The cat ran.", "--voice", str(train / "u1.wav"), "-o", str(out), "--model",
+                 str(tmp_path / "run" / "checkpoint"), "--tokenizer", str(tmp_path / "tok"), "--max-seconds", "2",
+                 "--json"])
+    assert code == 0
+    audio, sr = sf.read(out)
+    stats = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert sr == 16000 and len(audio) == stats["frames"] * 1280 and stats["first_audio_ms"] is not None
+    assert main(["tts", "  ", "-o", str(tmp_path / "x.wav"), "--model", str(tmp_path / "run" / "checkpoint")]) == 1
+    assert main(["tts", "hi", "-o", str(tmp_path / "y.wav"), "--model", str(tmp_path / "nowhere")]) == 1
+    err = capsys.readouterr().err
+    assert "text is empty" in err and "unknown LM" in err
+    assert not (tmp_path / "x.wav").exists() and not (tmp_path / "y.wav").exists()

@@ -1,0 +1,111 @@
+"""lm/'s subcommands, registered with `voxtok` through the `voxtok.commands` entry point:
+
+    voxtok tts "text" --voice prompt.wav -o out.wav [--model DIR] [--temperature T] [--top-k K] [--seed S]
+    voxtok lm corpus OUT --source DIR[:SPLIT] ... [--heldout DIR[:SPLIT]] [--tokenizer NAME]
+    voxtok lm train RECIPE [--steps N] [--max-minutes M] [--device cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    tts = sub.add_parser("tts", help="speak text in the voice of a prompt recording (the speech LM)")
+    tts.add_argument("text", help="what to say (English)")
+    tts.add_argument("-o", "--output", required=True, help="output .wav/.flac")
+    tts.add_argument("--voice", default=None, help="a few seconds of the target voice (any audio file)")
+    tts.add_argument("--model", default=None, help="shipped LM name or LM folder (default voxtok-lm-discrete)")
+    tts.add_argument("--tokenizer", default=None,
+                     help="tokenizer model folder (default: the shipped one the LM names; its config must match)")
+    tts.add_argument("--temperature", type=float, default=0.8)
+    tts.add_argument("--top-k", type=int, default=50)
+    tts.add_argument("--top-p", type=float, default=1.0)
+    tts.add_argument("--steps", type=int, default=None, help="continuous LM: flow head Euler steps")
+    tts.add_argument("--seed", type=int, default=0)
+    tts.add_argument("--max-seconds", type=float, default=20.0, help="stop after this much speech")
+    tts.add_argument("--json", action="store_true", help="print the figures as JSON")
+    tts.set_defaults(func=run_tts)
+
+    lm = sub.add_parser("lm", help="build an LM corpus and train the speech LM")
+    lm_sub = lm.add_subparsers(dest="lm_command", required=True, metavar="COMMAND")
+    corpus = lm_sub.add_parser("corpus", help="tokenise speech (and phonemise its text) into LM shards")
+    corpus.add_argument("out_dir")
+    corpus.add_argument("--source", action="append", required=True, metavar="DIR[:SPLIT_FILE]",
+                        help="a folder with manifest.jsonl, optionally restricted to a split file (repeat)")
+    corpus.add_argument("--heldout", action="append", default=[], metavar="DIR[:SPLIT_FILE]",
+                        help="held-out utterances (sentences never trained on), e.g. data/synth_heldout")
+    corpus.add_argument("--tokenizer", default=None, help="default voxtok-16k-12hz")
+    corpus.add_argument("--quiet", action="store_true")
+    corpus.set_defaults(func=run_corpus)
+    train = lm_sub.add_parser("train", help="train or resume the speech LM from a recipe")
+    train.add_argument("recipe")
+    train.add_argument("--steps", type=int, default=None)
+    train.add_argument("--max-minutes", type=float, default=None)
+    train.add_argument("--device", default="cpu")
+    train.add_argument("--threads", type=int, default=None)
+    train.add_argument("--no-progress", action="store_true")
+    train.set_defaults(func=run_train)
+
+
+def run_tts(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from codec.audio import check_audio_output, load_audio, save_audio
+    from codec.errors import VoxtokError
+    from lm.generate import Sampling
+    from lm.tts import load_lm, synthesize, tokenizer_for
+
+    output = Path(args.output)
+    check_audio_output(output)
+    if not args.text.strip():
+        raise VoxtokError("text is empty: there is nothing to say")
+    if not 0 <= args.temperature <= 5 or args.top_k < 0 or not 0 < args.top_p <= 1 or not args.max_seconds > 0:
+        raise VoxtokError("--temperature must be in [0, 5], --top-k >= 0, --top-p in (0, 1], --max-seconds > 0")
+    lm = load_lm(args.model)
+    codec = tokenizer_for(lm, args.tokenizer)
+    voice = None
+    if args.voice:
+        from codec.compress import check_encodable
+
+        voice = load_audio(args.voice, codec.config.sample_rate)
+        check_encodable(voice, args.voice)
+    sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                        max_frames=max(1, int(args.max_seconds * lm.config.frame_rate)), flow_steps=args.steps)
+    audio, stats = synthesize(lm, args.text, voice, sampling, tokenizer=codec)
+    if not len(audio):
+        raise VoxtokError("the model produced no speech for this text")
+    save_audio(output, audio, codec.config.sample_rate)
+    stats["output"] = str(output)
+    if args.json:
+        print(json.dumps(stats))
+    else:
+        print(" ".join(f"{k}={v}" for k, v in stats.items()))
+    return 0
+
+
+def run_corpus(args: argparse.Namespace) -> int:
+    from lm.corpus import Source, build_corpus
+
+    sources = [Source.parse(s, "train") for s in args.source] + [Source.parse(s, "heldout") for s in args.heldout]
+    meta = build_corpus(args.out_dir, sources, args.tokenizer, progress=not args.quiet)
+    print(f"corpus {args.out_dir}: {meta['utterances']} utterances, {meta['hours']} h, "
+          f"{len(meta['symbols'])} phoneme symbols, {len(meta['shards'])} shard(s)")
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from codec.errors import VoxtokError
+    from lm.train import LMTrainer, load_lm_recipe
+
+    if not Path(args.recipe).is_file():
+        raise VoxtokError(f"{args.recipe}: no such recipe")
+    model_table, cfg = load_lm_recipe(args.recipe)
+    if args.threads:
+        cfg.threads = args.threads
+    trainer = LMTrainer(model_table, cfg, device=args.device, progress=not args.no_progress)
+    trainer.train(args.steps, max_seconds=args.max_minutes * 60 if args.max_minutes else None)
+    return 0

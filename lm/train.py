@@ -1,0 +1,257 @@
+"""Training the speech LM from a recipe on a corpus (lm.corpus): resumable, time-boxed, logged.
+
+    voxtok lm train recipes/lm_discrete.toml [--steps N] [--max-minutes M] [--device cuda]
+
+Each example is one training utterance with text: its phonemes, its tokens as the target, and as the voice prompt
+a random 1-3 s crop of another utterance of the same speaker (none for a speaker with one utterance, and for 10%
+of examples, so the model also speaks without a prompt). Held-out utterances (sentences never trained on) give
+the teacher-forced held-out loss, beside a bigram baseline per codebook for the discrete LM.
+Checkpoints are model folders (config.json + model.safetensors) plus the optimizer and trainer state.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+import tomllib
+from collections import defaultdict
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from codec.errors import VoxtokError
+from lm.corpus import Utterance, load_corpus
+from lm.model import SpeechLM, SpeechLMConfig
+from lm.phonemes import symbols_to_ids
+from lm.sequence import collate, training_item
+
+
+@dataclass
+class LMTrainConfig:
+    corpus: str = "data/lm_corpus"
+    out_dir: str = "runs/lm_discrete"
+    seed: int = 0
+    steps: int = 20000
+    batch_size: int = 16
+    lr: float = 1e-3
+    warmup_steps: int = 300
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    max_target_frames: int = 200  # 16 s; longer utterances are left out
+    prompt_seconds: tuple[float, float] = (1.0, 3.0)
+    no_prompt_prob: float = 0.1
+    log_every: int = 25
+    checkpoint_every: int = 250
+    eval_every: int = 500
+    eval_utterances: int = 64
+    threads: int = 0
+
+
+def load_lm_recipe(path: str | Path) -> tuple[dict, LMTrainConfig]:
+    """A TOML recipe -> ([model] table, train config); the model table is completed from the corpus."""
+    recipe = tomllib.loads(Path(path).read_text())
+    flat = dict(recipe.get("train", {}))
+    known = {f.name for f in fields(LMTrainConfig)}
+    unknown = set(flat) - known
+    if unknown:
+        raise VoxtokError(f"{path}: unknown [train] keys {sorted(unknown)}")
+    if "prompt_seconds" in flat:
+        flat["prompt_seconds"] = tuple(flat["prompt_seconds"])
+    return dict(recipe.get("model", {})), LMTrainConfig(**flat)
+
+
+def learning_rate(step: int, cfg: LMTrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class LMTrainer:
+    def __init__(self, model_table: dict, cfg: LMTrainConfig, device: str = "cpu", progress: bool = True):
+        self.cfg, self.device, self.progress = cfg, torch.device(device), progress
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        self.meta, utterances = load_corpus(cfg.corpus)
+        table = dict(model_table)
+        table.update(tokenizer=self.meta["tokenizer"], tokenizer_config_hash=self.meta["tokenizer_config_hash"],
+                     frame_rate=self.meta["frame_rate"], num_codebooks=self.meta["num_codebooks"],
+                     codebook_size=self.meta["codebook_size"], latent_dim=self.meta["latent_dim"],
+                     phone_symbols=self.meta["symbols"])
+        try:
+            model_cfg = SpeechLMConfig.from_dict(table)
+        except (ValueError, TypeError) as exc:
+            raise VoxtokError(f"bad [model] table ({exc})") from None
+        self.model = SpeechLM(model_cfg).to(self.device)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                     betas=(0.9, 0.95))
+        self.step = 0
+        self.out = Path(cfg.out_dir)
+        self.ckpt = self.out / "checkpoint"
+        self.rng = np.random.default_rng(cfg.seed)
+        fits = [u for u in utterances if u.codes.shape[1] <= cfg.max_target_frames]
+        self.train_set = [u for u in fits if u.split == "train" and u.phones]
+        self.heldout = [u for u in fits if u.split == "heldout" and u.phones][: cfg.eval_utterances]
+        if not self.train_set:
+            raise VoxtokError(f"{cfg.corpus}: no training utterance with text fits {cfg.max_target_frames} frames")
+        self.by_speaker: dict[str, list[Utterance]] = defaultdict(list)
+        for u in utterances:
+            if u.split == "train":
+                self.by_speaker[u.speaker].append(u)
+        self.writer = None
+
+    # ---- examples ---------------------------------------------------------------------------------------
+    def _tokens(self, u: Utterance) -> torch.Tensor:
+        return torch.from_numpy(u.codes if self.model.config.kind == "discrete" else u.latents)
+
+    def prompt_for(self, u: Utterance, rng: np.random.Generator) -> torch.Tensor:
+        """A random crop of another utterance of u's speaker (empty when there is none, or by chance)."""
+        others = [o for o in self.by_speaker.get(u.speaker, []) if o.id != u.id]
+        empty = self._tokens(u)[:, :0]
+        if not others or rng.random() < self.cfg.no_prompt_prob:
+            return empty
+        other = others[rng.integers(len(others))]
+        rate = self.model.config.frame_rate
+        length = int(rng.uniform(*self.cfg.prompt_seconds) * rate)
+        tokens = self._tokens(other)
+        length = max(1, min(length, tokens.shape[1]))
+        start = int(rng.integers(0, tokens.shape[1] - length + 1))
+        return tokens[:, start:start + length]
+
+    def example(self, u: Utterance, rng: np.random.Generator) -> dict:
+        ids = symbols_to_ids(u.phones, self.model.config.phone_symbols)
+        return training_item(self.model.config, self.prompt_for(u, rng), ids, self._tokens(u))
+
+    def batch(self) -> dict:
+        picks = self.rng.integers(len(self.train_set), size=self.cfg.batch_size)
+        items = [self.example(self.train_set[i], self.rng) for i in picks]
+        return {k: v.to(self.device) for k, v in collate(items).items()}
+
+    # ---- checkpoints ----------------------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        from codec.train import optimizer_tensors
+
+        tmp = self.out / "checkpoint.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.model.save_pretrained(tmp)
+        tensors, scalars = optimizer_tensors(self.opt, "o")
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": self.step, "optimizer": scalars,
+                                                            "train_config": self.cfg.__dict__}, indent=1))
+        shutil.rmtree(self.ckpt, ignore_errors=True)
+        os.replace(tmp, self.ckpt)
+
+    def load_checkpoint(self) -> bool:
+        from codec.train import restore_optimizer
+
+        if not (self.ckpt / "trainer_state.json").is_file():
+            return False
+        state = json.loads((self.ckpt / "trainer_state.json").read_text())
+        loaded = SpeechLM.from_pretrained(self.ckpt, device=str(self.device))
+        if loaded.config != self.model.config:
+            raise VoxtokError(f"{self.ckpt}: the checkpoint's model config differs from this recipe and corpus")
+        self.model.load_state_dict(loaded.state_dict())
+        tensors = load_file(str(self.ckpt / "optimizer.safetensors"), device=str(self.device))
+        restore_optimizer(self.opt, "o", tensors, state["optimizer"])
+        self.step = state["step"]
+        self.rng = np.random.default_rng(self.cfg.seed + self.step)
+        return True
+
+    # ---- evaluation -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Teacher-forced loss on the held-out utterances (fixed prompts: a seeded generator per utterance)."""
+        if not self.heldout:
+            return {}
+        self.model.eval()
+        totals: dict[str, list[float]] = defaultdict(list)
+        for i, u in enumerate(self.heldout):
+            item = self.example(u, np.random.default_rng(i))
+            loss, figures = self.model.loss({k: v.to(self.device) for k, v in collate([item]).items()})
+            totals["loss"].append(loss.item())
+            for k, v in figures.items():
+                totals[k].append(v)
+        self.model.train()
+        return {f"heldout/{k}": float(np.mean(v)) for k, v in totals.items()}
+
+    def log(self, record: dict) -> None:
+        with open(self.out / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.writer.add_scalar(k, v, record["step"])
+
+    def train(self, steps: int | None = None, max_seconds: float | None = None) -> None:
+        cfg = self.cfg
+        total = steps if steps is not None else cfg.steps
+        deadline = time.time() + max_seconds if max_seconds else None
+        self.out.mkdir(parents=True, exist_ok=True)
+        resumed = self.load_checkpoint()
+        params = sum(p.numel() for p in self.model.parameters()) / 1e6
+        print(f"{'resumed at' if resumed else 'starting from'} step {self.step}; target {total}; "
+              f"{self.model.config.kind} LM, {params:.2f} M parameters; {len(self.train_set)} training and "
+              f"{len(self.heldout)} held-out utterances")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.out / "tensorboard"))
+        except ImportError:
+            print("tensorboard not installed: logging to log.jsonl only")
+        self.model.train()
+        bar = tqdm(total=total, initial=self.step, disable=not self.progress, dynamic_ncols=True)
+        running: dict[str, float] = defaultdict(float)
+        started = time.time()
+        while self.step < total:
+            lr = learning_rate(self.step, cfg)
+            for group in self.opt.param_groups:
+                group["lr"] = lr
+            loss, figures = self.model.loss(self.batch())
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
+            self.opt.step()
+            self.step += 1
+            bar.update(1)
+            for k, v in {"loss": loss.item(), "grad_norm": grad_norm, **figures}.items():
+                running[k] += v
+            if deadline is not None and time.time() > deadline:
+                total = self.step
+            if self.step % cfg.log_every == 0:
+                record = {"step": self.step, **{k: v / cfg.log_every for k, v in running.items()}, "lr": lr,
+                          "steps_per_s": cfg.log_every / (time.time() - started)}
+                bar.set_postfix(loss=f"{record['loss']:.3f}")
+                self.log(record)
+                running, started = defaultdict(float), time.time()
+            if self.step % cfg.checkpoint_every == 0 or self.step == total:
+                self.save_checkpoint()
+            if self.step % cfg.eval_every == 0 or self.step == total:
+                figures = self.evaluate()
+                if figures:
+                    self.log({"step": self.step, **figures})
+                    tqdm.write(f"step {self.step} " + " ".join(f"{k}={v:.3f}" for k, v in figures.items()))
+        bar.close()
+
+
+def bigram_cross_entropy(train: list[np.ndarray], heldout: list[np.ndarray], vocab: int) -> list[float]:
+    """Per codebook, the held-out cross-entropy (nats) of a bigram model P(c_t | c_t-1) fitted on the training
+    codes with add-one smoothing: the baseline the LM's teacher-forced loss is compared with."""
+    books = train[0].shape[0]
+    out = []
+    for k in range(books):
+        counts = np.ones((vocab, vocab))
+        for codes in train:
+            np.add.at(counts, (codes[k, :-1], codes[k, 1:]), 1)
+        logp = np.log(counts / counts.sum(axis=1, keepdims=True))
+        nll = [-logp[c[k, :-1], c[k, 1:]].mean() for c in heldout if c.shape[1] > 1]
+        out.append(float(np.mean(nll)))
+    return out

@@ -1,0 +1,99 @@
+"""Text + a voice prompt -> speech, streamed: the LM's frames are decoded by the tokenizer as they come.
+
+    from lm.tts import load_lm, synthesize
+    lm = load_lm("lm/pretrained/voxtok-lm-discrete")          # or a model folder
+    audio, stats = synthesize(lm, "Hello there.", voice=prompt_samples, sampling=Sampling(seed=1))
+    stats["first_audio_ms"]                                  # wall time until the first audio samples
+
+The tokenizer is the one the LM was trained on (its id and config hash are in the LM's config; a mismatch is
+refused rather than decoded into noise).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from codec.errors import VoxtokError
+from lm.generate import Sampling, generate_frames
+from lm.model import SpeechLM
+from lm.phonemes import phonemize, symbols_to_ids
+
+PRETRAINED_ROOT = Path(__file__).resolve().parent / "pretrained"
+DEFAULT_LM = "voxtok-lm-discrete"
+MAX_PROMPT_SECONDS = 10.0
+
+
+def load_lm(name_or_path: str | Path | None = None, device: str = "cpu") -> SpeechLM:
+    target = Path(name_or_path or DEFAULT_LM)
+    if not target.is_dir():
+        shipped = PRETRAINED_ROOT / str(name_or_path or DEFAULT_LM)
+        if not shipped.is_dir():
+            known = sorted(p.name for p in PRETRAINED_ROOT.glob("*") if (p / "config.json").is_file())
+            raise VoxtokError(f"unknown LM {str(name_or_path or DEFAULT_LM)!r} (shipped: {', '.join(known) or 'none'}; "
+                              "or pass a model folder)")
+        target = shipped
+    return SpeechLM.from_pretrained(target, device=device)
+
+
+def tokenizer_for(lm: SpeechLM, tokenizer: str | Path | None = None):
+    from codec.compress import load_codec
+
+    model = load_codec(tokenizer or lm.config.tokenizer)
+    if model.config.config_hash() != lm.config.tokenizer_config_hash:
+        raise VoxtokError(f"the LM was trained on tokenizer {lm.config.tokenizer} (config "
+                          f"{lm.config.tokenizer_config_hash}); {model.model_id} has config "
+                          f"{model.config.config_hash()}")
+    return model
+
+
+@torch.inference_mode()
+def synthesize(lm: SpeechLM, text: str, voice: np.ndarray | None = None, sampling: Sampling | None = None,
+               tokenizer=None, on_audio=None) -> tuple[np.ndarray, dict]:
+    """Mono 16 kHz float32 speech for `text` in the voice of `voice` (16 kHz samples; None: no prompt).
+    on_audio(samples) is called with each decoded piece as it becomes final (streaming playback)."""
+    sampling = sampling or Sampling()
+    codec = tokenizer or tokenizer_for(lm)
+    started = time.perf_counter()
+    ids = symbols_to_ids(phonemize(text), lm.config.phone_symbols)
+    discrete = lm.config.kind == "discrete"
+    if voice is not None:
+        if len(voice) > MAX_PROMPT_SECONDS * codec.config.sample_rate:
+            voice = voice[: int(MAX_PROMPT_SECONDS * codec.config.sample_rate)]
+        wav = torch.from_numpy(np.ascontiguousarray(voice, dtype=np.float32))[None, None]
+        z = codec.encode_latents(wav)[0]
+        prompt = codec.quantizer.codes_of_normalised(z[None])[0] if discrete else z.float()
+    else:
+        prompt = torch.zeros(lm.config.num_codebooks if discrete else lm.config.latent_dim, 0,
+                             dtype=torch.long if discrete else torch.float32)
+    pieces, first_audio, frames = [], None, 0
+    with codec.streaming(1):
+        def emit(piece: torch.Tensor) -> None:
+            nonlocal first_audio
+            samples = piece[0, 0].float().numpy()
+            if samples.size:
+                if first_audio is None:
+                    first_audio = time.perf_counter() - started
+                pieces.append(samples)
+                if on_audio is not None:
+                    on_audio(samples)
+
+        for frame in generate_frames(lm, prompt, ids, sampling):
+            frames += 1
+            if discrete:
+                emit(codec.decode_chunk(frame[None, :, None]))
+            else:
+                emit(codec.decode_latents_chunk(frame[None, :, None].double()))
+        if frames:
+            emit(codec.flush_decoder())
+    total = time.perf_counter() - started
+    audio = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
+    audio = audio[: int(frames * codec.config.hop_length)]
+    seconds = len(audio) / codec.config.sample_rate
+    stats = {"frames": frames, "seconds": round(seconds, 3), "ended": frames < sampling.max_frames,
+             "first_audio_ms": None if first_audio is None else round(1000 * first_audio, 1),
+             "wall_s": round(total, 3), "x_realtime": round(seconds / total, 2) if total > 0 else None}
+    return audio, stats
