@@ -308,6 +308,9 @@ class Trainer:
         self.load_extra(self.ckpt)
         return True
 
+    def prepare_export(self) -> None:
+        """Hook: anything a shipped model needs beyond the checkpoint's weights (run before `--export`)."""
+
     def save_extra(self, directory: Path) -> None:
         """Hook: a subclass's own checkpoint files, written into the checkpoint before it replaces the last."""
 

@@ -50,6 +50,18 @@ class LowRateTrainer(HarmonicTrainer):
             print(f"initialised {copied} tensors from {self.cfg.init_from}")
         return resumed
 
+    @torch.no_grad()
+    def prepare_export(self, batches: int = 32) -> None:
+        """Latent statistics measured exactly on training crops with the final weights (the EMA lags the
+        encoder's last steps), from a fixed seed so an export is reproducible."""
+        self.build_data()
+        self.sampler.rng = np.random.default_rng(12345)
+        self.model.eval()
+        latents = torch.cat([self.model.encoder(self.batch()) for _ in range(batches)])
+        self.model.quantizer.initialize(latents)
+        print(f"latent statistics from {batches} batches: mean |mu| {latents.abs().mean():.3f}, "
+              f"std {self.model.quantizer.latent_std.min():.3f}..{self.model.quantizer.latent_std.max():.3f}")
+
     def train_step(self) -> dict:
         cfg, mcfg, model = self.cfg, self.model.config, self.model
         lr = learning_rate(self.step, cfg.lr, cfg)

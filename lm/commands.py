@@ -3,6 +3,7 @@
     voxtok tts "text" --voice prompt.wav -o out.wav [--model DIR] [--temperature T] [--top-k K] [--seed S]
     voxtok lm corpus OUT --source DIR[:SPLIT] ... [--heldout DIR[:SPLIT]] [--tokenizer NAME]
     voxtok lm train RECIPE [--steps N] [--max-minutes M] [--device cuda]
+    voxtok lm bench [--model DIR | --recipe RECIPE] [--threads 1] [--decode]
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--threads", type=int, default=None)
     train.add_argument("--no-progress", action="store_true")
     train.set_defaults(func=run_train)
+    from lm import bench
+
+    bench.register(lm_sub)
 
 
 def run_tts(args: argparse.Namespace) -> int:

@@ -199,3 +199,15 @@ eval_every = 6
     err = capsys.readouterr().err
     assert "text is empty" in err and "unknown LM" in err
     assert not (tmp_path / "x.wav").exists() and not (tmp_path / "y.wav").exists()
+
+
+def test_lm_bench_reports_speed_for_a_recipe(tmp_path, capsys):
+    from codec.cli import main
+
+    recipe = tmp_path / "lm.toml"
+    recipe.write_text('[model]\nkind = "continuous"\ndim = 32\nlayers = 1\nheads = 2\nflow_dim = 32\n'
+                      'latent_dim = 32\n')
+    assert main(["lm", "bench", "--recipe", str(recipe), "--frames", "5", "--repeats", "1", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["frames"] == 5 and report["x_realtime"] > 0 and report["random_weights"]
+    assert report["command"].startswith("voxtok lm bench --recipe")

@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     if args.export:
         if not trainer.load_checkpoint():
             raise VoxtokError(f"{cfg.out_dir}: no checkpoint to export")
+        trainer.prepare_export()
         trainer.model.save_pretrained(args.export, half=not args.fp32, inference_only=True)
         print(f"exported step {trainer.step} to {args.export}")
         return 0
