@@ -275,12 +275,21 @@ class VelocityNet(nn.Module):
         self.out = nn.Conv1d(dim, features, 1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
+        # The shortcut's step size d (Frans et al. 2024): d = 0 is the instantaneous velocity flow matching learns,
+        # d > 0 the average velocity over a step of that size. Zero-initialised, so it starts as plain flow matching.
+        self.step_size = nn.Linear(dim, dim)
+        nn.init.zeros_(self.step_size.weight)
+        nn.init.zeros_(self.step_size.bias)
 
-    def _time(self, t: torch.Tensor) -> torch.Tensor:
-        return self.time(time_embedding(t, self.dim))
+    def _time(self, t: torch.Tensor, d: torch.Tensor | None) -> torch.Tensor:
+        time = self.time(time_embedding(t, self.dim))
+        if d is not None:
+            time = time + self.step_size(time_embedding(d, self.dim))
+        return time
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        h, time = self.inp(x) + cond, self._time(t)
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, d: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        h, time = self.inp(x) + cond, self._time(t, d)
         for block in self.blocks:
             h = block(h, time)
         return self.out(self.norm(h))
@@ -289,9 +298,9 @@ class VelocityNet(nn.Module):
                    dtype: torch.dtype | None = None) -> State:
         return [s for block in self.blocks for s in block.init_state(batch_size, device, dtype)]
 
-    def step(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, state: State
-             ) -> tuple[torch.Tensor, State]:
-        h, time = self.inp(x) + cond, self._time(t)
+    def step(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, state: State,
+             d: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
+        h, time = self.inp(x) + cond, self._time(t, d)
         new_state: State = []
         for block, block_state in zip(self.blocks, state):
             h, s = block.step(h, time, [block_state])
@@ -323,6 +332,8 @@ class FlowDecoder(nn.Module):
         generator = torch.Generator().manual_seed(NOISE_SEED)
         self.register_buffer("noise", torch.randn(self.features, NOISE_FRAMES, generator=generator),
                              persistent=False)
+        # 1 once the shortcut objective has trained the step-size input: sampling then tells the net its step.
+        self.register_buffer("shortcut", torch.zeros((), dtype=torch.long))
 
     # ---- the feature layout -----------------------------------------------------------------------------
     def fold(self, per_subframe: torch.Tensor) -> torch.Tensor:
@@ -375,6 +386,30 @@ class FlowDecoder(nn.Module):
         weight = mask[:, None]
         return (error * weight).sum() / (weight.sum() * self.features).clamp(min=1)
 
+    def shortcut_loss(self, cond: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                      max_log2_steps: int = 7) -> torch.Tensor:
+        """Self-consistency (shortcut models): one step of size 2d must land where two steps of size d do, the
+        two-step target computed without gradient. d = 2^-k, k in 1..max_log2_steps; t on the grid of 2d."""
+        b = target.shape[0]
+        k = torch.randint(1, max_log2_steps + 1, (b,), device=target.device)
+        d = torch.exp2(-k.to(target.dtype))
+        t = torch.floor(torch.rand(b, device=target.device, dtype=target.dtype) / (2 * d)) * 2 * d
+        x0 = torch.randn_like(target)
+        xt = (1 - t[:, None, None]) * x0 + t[:, None, None] * target
+        with torch.no_grad():
+            v1 = self.velocity(xt, t, cond, d)
+            v2 = self.velocity(xt + d[:, None, None] * v1, t + d, cond, d)
+            goal = (v1 + v2) / 2
+        error = (self.velocity(xt, t, cond, 2 * d) - goal) ** 2
+        weight = mask[:, None]
+        return (error * weight).sum() / (weight.sum() * self.features).clamp(min=1)
+
+    def step_size(self, steps: int, batch: int, like: torch.Tensor) -> torch.Tensor | None:
+        """The step-size input for `steps` Euler steps: 1 / steps after shortcut training, else none."""
+        if not int(self.shortcut.item()):
+            return None
+        return torch.full((batch,), 1.0 / steps, device=like.device, dtype=like.dtype)
+
     def noise_at(self, position: int | torch.Tensor, frames: int, batch: int, dtype: torch.dtype) -> torch.Tensor:
         index = torch.remainder(torch.arange(frames, device=self.noise.device) + position, NOISE_FRAMES)
         return self.noise[:, index].to(dtype)[None].expand(batch, -1, -1)
@@ -383,9 +418,10 @@ class FlowDecoder(nn.Module):
         """Offline: cond [B, dim, T] -> normalised samples [B, features, T] by `steps` Euler steps."""
         b, _, frames = cond.shape
         x = temperature * self.noise_at(position, frames, b, cond.dtype)
+        d = self.step_size(steps, b, cond)
         for k in range(steps):
             t = torch.full((b,), k / steps, device=cond.device, dtype=cond.dtype)
-            x = x + self.velocity(x, t, cond) / steps
+            x = x + self.velocity(x, t, cond, d) / steps
         return x
 
 
@@ -551,9 +587,10 @@ class LowRateCodec(VoxtokCodec):
             b, _, frames = cond.shape
             x = self.temperature * self.flow.noise_at(stream.frame_position, frames, b, cond.dtype)
             steps = len(stream.velocity_states)
+            d = self.flow.step_size(steps, b, cond)
             for k in range(steps):
                 t = torch.full((b,), k / steps, device=cond.device, dtype=cond.dtype)
-                v, stream.velocity_states[k] = self.flow.velocity.step(x, t, cond, stream.velocity_states[k])
+                v, stream.velocity_states[k] = self.flow.velocity.step(x, t, cond, stream.velocity_states[k], d)
                 x = x + v / steps
             stream.frame_position += frames
             out, stream.synth_state = self.decoder.synth.step(self.flow.synth_parameters(x), stream.synth_state)

@@ -32,6 +32,8 @@ class LowRateTrainConfig(HarmonicTrainConfig):
     kl_weight: float = 1e-4
     vae_noise: float = 0.5
     discrete_prob: float = 0.5
+    # Shortcut self-consistency (codec.lowrate.FlowDecoder.shortcut_loss): the few-step flow decoder.
+    shortcut_weight: float = 0.0
     init_from: str = ""  # a codec v2 model folder whose encoder / decoder layers start this model
     eval_flow_steps: int = 8
 
@@ -44,11 +46,38 @@ class LowRateTrainer(HarmonicTrainer):
         super().__init__(model_cfg, cfg, device, progress)
 
     def load_checkpoint(self) -> bool:
+        self._upgrade_checkpoint()
         resumed = super().load_checkpoint()
         if not resumed and self.cfg.init_from:
             copied = initialise_from_v2(self.model, self.cfg.init_from)
             print(f"initialised {copied} tensors from {self.cfg.init_from}")
         return resumed
+
+    # Tensors added to the model after checkpoints existed, all registered last (so the optimizer's parameter
+    # order is unchanged) and all starting at zero: a checkpoint without them gets zeros and fresh Adam moments.
+    ADDED_TENSORS = ("flow.velocity.step_size.weight", "flow.velocity.step_size.bias", "flow.shortcut")
+
+    def _upgrade_checkpoint(self) -> None:
+        import json
+
+        from safetensors.torch import load_file, save_file
+
+        weights = self.ckpt / "model.safetensors"
+        if not weights.is_file():
+            return
+        state = load_file(str(weights))
+        missing = [k for k in self.ADDED_TENSORS if k not in state]
+        if not missing:
+            return
+        current = self.model.state_dict()
+        state.update({k: torch.zeros_like(current[k]) for k in missing})
+        save_file(state, str(weights), metadata={"format": "pt"})
+        trainer_state = json.loads((self.ckpt / "trainer_state.json").read_text())
+        groups = trainer_state["optimizers"]["g"]["param_groups"]
+        groups[-1]["params"] = list(range(sum(len(g["params"]) for g in groups[:-1]),
+                                          len(list(self.model.parameters()))))
+        (self.ckpt / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
+        print(f"checkpoint upgraded: {', '.join(missing)} added (zeros)")
 
     @torch.no_grad()
     def prepare_export(self, batches: int = 32) -> None:
@@ -95,15 +124,20 @@ class LowRateTrainer(HarmonicTrainer):
         cond = flow.cond(padded.detach())[..., frame_lead:]
         per = mcfg.subframes_per_feature_frame
         feature_mask = mask.reshape(b, -1, per).amin(dim=-1)
-        flow_loss = flow.loss(cond, flow.fold(targets), feature_mask)
+        flow_target = flow.fold(targets)
+        flow_loss = flow.loss(cond, flow_target, feature_mask)
+        shortcut = flow_loss.new_zeros(())
+        if cfg.shortcut_weight:
+            flow.shortcut.fill_(1)
+            shortcut = flow.shortcut_loss(cond, flow_target, feature_mask)
         kl = mu.pow(2).mean()
         loss = (cfg.mel_weight * mel + cfg.f0_weight * f0_loss + cfg.voicing_weight * voicing
-                + cfg.flow_weight * flow_loss + cfg.kl_weight * kl)
+                + cfg.flow_weight * flow_loss + cfg.shortcut_weight * shortcut + cfg.kl_weight * kl)
         grad_norm = self.optimizer_step(self.opt_g, loss, list(model.parameters()))
         with torch.no_grad():
             levels = model.quantizer.levels_of(z)
             used = torch.unique(model.quantizer.encode(mu.detach())).numel()
-        return {"mel": mel.item(), **figures, "flow": flow_loss.item(), "kl": kl.item(),
+        return {"mel": mel.item(), **figures, "flow": flow_loss.item(), "shortcut": shortcut.item(), "kl": kl.item(),
                 "mid_level": (levels == (mcfg.fsq_levels - 1) // 2).float().mean().item(),
                 "codes_used": float(used), "grad_norm": grad_norm, "loss": loss.item()}
 

@@ -4,7 +4,7 @@ around them, so the torch-free runtime (export/lowrate_runtime.py) encodes and d
 Graphs (float32, batch and length dynamic):
   latent_encoder_step: audio [B, 1, 1280 k] + states -> normalised latents [B, D, k] + new states
   flow_cond_step:      latents [B, D, k] + states -> conditioning [B, C, 4 k] + new states (look-ahead delayed)
-  flow_step:           x [B, F, n], t [B], conditioning [B, C, n] + states -> velocity [B, F, n] + new states
+  flow_step:           x [B, F, n], t [B], step size d [B], conditioning [B, C, n] + states -> velocity + states
   synth_step:          normalised flow samples [B, F, n] + states -> audio [B, 1, 320 n] + new states
 The Euler loop, the noise table (flow_noise.npy, read by frame position) and FSQ (tanh, round, the level
 centroids in the manifest) are a few lines of numpy in the runtime. Each Euler step has its own flow_step
@@ -55,8 +55,8 @@ class _FlowStep(nn.Module):
         super().__init__()
         self.velocity = model.flow.velocity
 
-    def forward(self, x, t, cond, states):
-        v, new = self.velocity.step(x, t, cond, list(states))
+    def forward(self, x, t, d, cond, states):
+        v, new = self.velocity.step(x, t, cond, list(states), d)
         return v, tuple(new)
 
 
@@ -113,9 +113,9 @@ def export_lowrate_onnx(model, out_dir: str | Path, weights_sha256: str | None =
         _export(_CondStep(model), (latents, tuple(cond_states)), out_dir / GRAPHS["flow_cond_step"],
                 ["latents", *i], ["cond", *o], {"latents": {0: batch, 2: frames}, "states": states(len(cond_states))})
         i, o = names("flow_step")
-        _export(_FlowStep(model), (x, t, cond, tuple(flow_states)), out_dir / GRAPHS["flow_step"],
-                ["x", "t", "cond", *i], ["velocity", *o],
-                {"x": {0: batch, 2: frames}, "t": {0: batch}, "cond": {0: batch, 2: frames},
+        _export(_FlowStep(model), (x, t, t, cond, tuple(flow_states)), out_dir / GRAPHS["flow_step"],
+                ["x", "t", "d", "cond", *i], ["velocity", *o],
+                {"x": {0: batch, 2: frames}, "t": {0: batch}, "d": {0: batch}, "cond": {0: batch, 2: frames},
                  "states": states(len(flow_states))})
         i, o = names("synth_step")
         _export(_SynthStep(model), (x, tuple(synth_states)), out_dir / GRAPHS["synth_step"],
@@ -127,6 +127,7 @@ def export_lowrate_onnx(model, out_dir: str | Path, weights_sha256: str | None =
         "weights_sha256": weights_sha256, "config": cfg.to_dict(), "opset": OPSET, "dtype": "float32",
         "sample_rate": cfg.sample_rate, "frame_size": hop, "frame_rate": cfg.frame_rate,
         "feature_frames_per_token": per, "latent_dim": cfg.latent_dim, "flow_steps": cfg.flow_steps,
+        "shortcut": bool(model.flow.shortcut.item()),
         "fsq": {"levels": cfg.fsq_levels, "groups": cfg.num_quantizers,
                 "centroids": model.quantizer.centroids.tolist()},
         "graphs": dict(GRAPHS), "noise": NOISE_FILE, "states": descs,

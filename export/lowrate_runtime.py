@@ -98,9 +98,11 @@ class StreamingLatentDecoder:
         frames = cond.shape[-1]
         index = (self.position + np.arange(frames)) % rt.noise.shape[1]
         x = (self.temperature * rt.noise[:, index])[None]
+        # The step-size input: 1 / steps for a shortcut-trained decoder; 0 (instantaneous velocity) otherwise.
+        d = np.full((1,), 1.0 / self.steps if rt.manifest.get("shortcut") else 0.0, dtype=np.float32)
         for k in range(self.steps):
             t = np.full((1,), k / self.steps, dtype=np.float32)
-            v, self.flow_states[k] = rt.run("flow_step", {"x": x, "t": t, "cond": cond}, self.flow_states[k])
+            v, self.flow_states[k] = rt.run("flow_step", {"x": x, "t": t, "d": d, "cond": cond}, self.flow_states[k])
             x = x + v / self.steps
         self.position += frames
         audio, self.synth_states = rt.run("synth_step", {"x": x.astype(np.float32)}, self.synth_states)

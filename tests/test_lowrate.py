@@ -63,12 +63,16 @@ def test_fsq_levels_decode_to_the_gaussian_mean_of_their_interval():
         q.encode(z[..., :10].float(), num_quantizers=1)
 
 
-@pytest.mark.parametrize("kind", ["flow", "regression"])
+@pytest.mark.parametrize("kind", ["flow", "shortcut", "regression"])
 def test_chunked_streaming_equals_the_full_pass(tiny_lowrate, kind):
     """Any chunking of the audio gives the same codes and latents, and any chunking of the tokens the same audio
-    (within 1e-4), the flow decoder's noise included: it is read from a fixed table by frame position."""
+    (within 1e-4), the flow decoder's noise included: it is read from a fixed table by frame position. "shortcut":
+    the step-size input in use (a shortcut-trained decoder)."""
     model = tiny_lowrate
-    model.set_decoding(kind, steps=3)
+    model.set_decoding("regression" if kind == "regression" else "flow", steps=3)
+    if kind == "shortcut":
+        model.flow.shortcut.fill_(1)
+        torch.nn.init.normal_(model.flow.velocity.step_size.weight, std=0.1)
     x = torch.from_numpy(voiced_signal(2.0, 150, 3))[None, None].double()
     z_full = model.encode_latents(x)
     codes_full = model.encode(x)
@@ -96,6 +100,9 @@ def test_chunked_streaming_equals_the_full_pass(tiny_lowrate, kind):
     stream = torch.cat(out, dim=-1)[0, 0]
     assert stream.shape[-1] >= full.shape[-1] == z_full.shape[-1] * HOP
     assert float((stream[: full.shape[-1]] - full).abs().max().detach()) < 1e-4
+    if kind == "shortcut":
+        model.flow.shortcut.fill_(0)
+        torch.nn.init.zeros_(model.flow.velocity.step_size.weight)
     model.set_decoding("flow", steps=8)
 
 
@@ -155,7 +162,8 @@ def test_training_lowers_both_losses_and_resumes(tmp_path):
     from codec.train import load_recipe, trainer_class_for
     from codec.train_lowrate import LowRateTrainer
 
-    recipe = _tiny_recipe(tmp_path, 40, config=tiny_lowrate_config(), extra="eval_flow_steps = 2")
+    recipe = _tiny_recipe(tmp_path, 40, config=tiny_lowrate_config(),
+                          extra="eval_flow_steps = 2\nshortcut_weight = 1.0")
     model_cfg, train_cfg = load_recipe(recipe)
     assert trainer_class_for(model_cfg) is LowRateTrainer
     trainer = LowRateTrainer(model_cfg, train_cfg, progress=False)
@@ -163,9 +171,11 @@ def test_training_lowers_both_losses_and_resumes(tmp_path):
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     steps = [r for r in log if "loss" in r]
     assert steps[-1]["mel"] < steps[0]["mel"] and steps[-1]["flow"] < steps[0]["flow"]
+    assert all(r["shortcut"] > 0 for r in steps)
     assert any("dev/mel_fsq_flow" in r for r in log)
     model = load_codec(tmp_path / "run" / "checkpoint")
     assert isinstance(model, LowRateCodec) and model.flow.stats_ready.item() == 1
+    assert model.flow.shortcut.item() == 1 and model.flow.velocity.step_size.weight.abs().sum() > 0
     mean, std = model.latent_statistics()
     assert mean.shape == (8,) and bool((std > 0).all())
     y = model.decode(model.encode(torch.from_numpy(voiced_signal(1.0))[None, None]))
