@@ -7,6 +7,10 @@ a random 1-3 s crop of another utterance of the same speaker (none for a speaker
 of examples, so the model also speaks without a prompt). Held-out utterances (sentences never trained on) give
 the teacher-forced held-out loss, beside a bigram baseline per codebook for the discrete LM.
 Checkpoints are model folders (config.json + model.safetensors) plus the optimizer and trainer state.
+
+Data-parallel: `torchrun --standalone --nproc_per_node N -m codec lm train RECIPE` (gloo on CPU, NCCL on GPUs); every
+rank starts from the same weights, draws its own examples, and averages gradients after each backward; rank 0 alone
+logs, evaluates and writes checkpoints.
 """
 
 from __future__ import annotations
@@ -77,7 +81,12 @@ def learning_rate(step: int, cfg: LMTrainConfig) -> float:
 
 class LMTrainer:
     def __init__(self, model_table: dict, cfg: LMTrainConfig, device: str = "cpu", progress: bool = True):
-        self.cfg, self.device, self.progress = cfg, torch.device(device), progress
+        from codec.train import _init_distributed
+
+        self.rank, self.world_size = _init_distributed(device)
+        if self.world_size > 1 and device.startswith("cuda"):
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        self.cfg, self.device, self.progress = cfg, torch.device(device), progress and self.rank == 0
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
@@ -97,7 +106,7 @@ class LMTrainer:
         self.step = 0
         self.out = Path(cfg.out_dir)
         self.ckpt = self.out / "checkpoint"
-        self.rng = np.random.default_rng(cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed + 1_000_003 * self.rank)
         fits = [u for u in utterances if u.codes.shape[1] <= cfg.max_target_frames]
         self.train_set = [u for u in fits if u.split == "train" and u.phones]
         self.heldout = [u for u in fits if u.split == "heldout" and u.phones][: cfg.eval_utterances]
@@ -163,7 +172,7 @@ class LMTrainer:
         tensors = load_file(str(self.ckpt / "optimizer.safetensors"), device=str(self.device))
         restore_optimizer(self.opt, "o", tensors, state["optimizer"])
         self.step = state["step"]
-        self.rng = np.random.default_rng(self.cfg.seed + self.step)
+        self.rng = np.random.default_rng(self.cfg.seed + self.step + 1_000_003 * self.rank)
         return True
 
     # ---- evaluation -------------------------------------------------------------------------------------
@@ -195,16 +204,21 @@ class LMTrainer:
         cfg = self.cfg
         total = steps if steps is not None else cfg.steps
         deadline = time.time() + max_seconds if max_seconds else None
-        self.out.mkdir(parents=True, exist_ok=True)
+        lead = self.rank == 0
+        if lead:
+            self.out.mkdir(parents=True, exist_ok=True)
+        self._barrier()
         resumed = self.load_checkpoint()
         params = sum(p.numel() for p in self.model.parameters()) / 1e6
-        print(f"{'resumed at' if resumed else 'starting from'} step {self.step}; target {total}; "
-              f"{self.model.config.kind} LM, {params:.2f} M parameters; {len(self.train_set)} training and "
-              f"{len(self.heldout)} held-out utterances")
+        if lead:
+            print(f"{'resumed at' if resumed else 'starting from'} step {self.step}; target {total}; "
+                  f"{self.model.config.kind} LM, {params:.2f} M parameters; {len(self.train_set)} training and "
+                  f"{len(self.heldout)} held-out utterances"
+                  + (f" on {self.world_size} ranks" if self.world_size > 1 else ""))
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.out / "tensorboard"))
+            self.writer = SummaryWriter(str(self.out / "tensorboard")) if lead else None
         except ImportError:
             print("tensorboard not installed: logging to log.jsonl only")
         self.model.train()
@@ -218,14 +232,17 @@ class LMTrainer:
             loss, figures = self.model.loss(self.batch())
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
+            self._average_gradients()
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
             self.opt.step()
             self.step += 1
             bar.update(1)
             for k, v in {"loss": loss.item(), "grad_norm": grad_norm, **figures}.items():
                 running[k] += v
-            if deadline is not None and time.time() > deadline:
+            if deadline is not None and self._agree(time.time() > deadline):
                 total = self.step
+            if not lead:
+                continue
             if self.step % cfg.log_every == 0:
                 record = {"step": self.step, **{k: v / cfg.log_every for k, v in running.items()}, "lr": lr,
                           "steps_per_s": cfg.log_every / (time.time() - started)}
@@ -240,6 +257,33 @@ class LMTrainer:
                     self.log({"step": self.step, **figures})
                     tqdm.write(f"step {self.step} " + " ".join(f"{k}={v:.3f}" for k, v in figures.items()))
         bar.close()
+        self._barrier()
+
+    # ---- data-parallel --------------------------------------------------------------------------------
+    def _average_gradients(self) -> None:
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            for p in self.model.parameters():
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                dist.all_reduce(p.grad)
+                p.grad /= self.world_size
+
+    def _barrier(self) -> None:
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def _agree(self, flag: bool) -> bool:
+        if self.world_size == 1:
+            return flag
+        import torch.distributed as dist
+
+        value = torch.tensor([1.0 if flag else 0.0])
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
 
 
 def bigram_cross_entropy(train: list[np.ndarray], heldout: list[np.ndarray], vocab: int) -> list[float]:

@@ -147,27 +147,28 @@ def _espeak_corpus(folder, texts, voice="en-us"):
     return folder
 
 
-def test_corpus_training_and_tts_end_to_end(tmp_path, capsys):
-    """Speech with text -> `voxtok lm corpus` (tiny tokenizer) -> `voxtok lm train` -> `voxtok tts`: every stage
-    runs as a user runs it and writes what it promises; bad text or a missing model is one error line."""
-    import soundfile as sf
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory):
+    """A tiny tokenizer folder, espeak-ng speech with text (3 train utterances, 1 held out) and `voxtok lm corpus`
+    over it, as a user runs it."""
     from test_lowrate import tiny_lowrate_config
 
     from codec.cli import main
     from codec.lowrate import LowRateCodec
-    from lm.corpus import load_corpus
 
+    root = tmp_path_factory.mktemp("lm_corpus")
     torch.manual_seed(0)
     tokenizer = LowRateCodec(tiny_lowrate_config())
     tokenizer.quantizer.initialize(tokenizer.encoder(torch.randn(2, 1, 12800) * 0.1))
-    tokenizer.save_pretrained(tmp_path / "tok")
-    train = _espeak_corpus(tmp_path / "train", ["The cat sat on the mat.", "A dog ran home.", "It is raining."])
-    held = _espeak_corpus(tmp_path / "held", ["The sun is out."])
-    assert main(["lm", "corpus", str(tmp_path / "corpus"), "--source", str(train), "--heldout", str(held),
-                 "--tokenizer", str(tmp_path / "tok"), "--quiet"]) == 0
-    meta, utterances = load_corpus(tmp_path / "corpus")
-    assert meta["utterances"] == 4 and [u.split for u in utterances].count("heldout") == 1
-    assert all(u.codes.shape[0] == 2 and u.latents.shape[0] == 8 and u.phones for u in utterances)
+    tokenizer.save_pretrained(root / "tok")
+    train = _espeak_corpus(root / "train", ["The cat sat on the mat.", "A dog ran home.", "It is raining."])
+    held = _espeak_corpus(root / "held", ["The sun is out."])
+    assert main(["lm", "corpus", str(root / "corpus"), "--source", str(train), "--heldout", str(held),
+                 "--tokenizer", str(root / "tok"), "--quiet"]) == 0
+    return root
+
+
+def _lm_recipe(tmp_path, corpus, steps: int = 12):
     recipe = tmp_path / "lm.toml"
     recipe.write_text(f"""[model]
 kind = "discrete"
@@ -175,20 +176,36 @@ dim = 32
 layers = 1
 heads = 2
 [train]
-corpus = "{tmp_path / 'corpus'}"
+corpus = "{corpus}"
 out_dir = "{tmp_path / 'run'}"
-steps = 12
+steps = {steps}
 batch_size = 2
 log_every = 4
 checkpoint_every = 6
 eval_every = 6
 """)
+    return recipe
+
+
+def test_corpus_training_and_tts_end_to_end(tmp_path, capsys, tiny_corpus):
+    """Speech with text -> `voxtok lm corpus` (tiny tokenizer) -> `voxtok lm train` -> `voxtok tts`: every stage
+    runs as a user runs it and writes what it promises; bad text or a missing model is one error line."""
+    import soundfile as sf
+
+    from codec.cli import main
+    from lm.corpus import load_corpus
+
+    train = tiny_corpus / "train"
+    meta, utterances = load_corpus(tiny_corpus / "corpus")
+    assert meta["utterances"] == 4 and [u.split for u in utterances].count("heldout") == 1
+    assert all(u.codes.shape[0] == 2 and u.latents.shape[0] == 8 and u.phones for u in utterances)
+    recipe = _lm_recipe(tmp_path, tiny_corpus / "corpus")
     assert main(["lm", "train", str(recipe), "--no-progress"]) == 0
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert any("heldout/loss" in r for r in log)
     out = tmp_path / "said.wav"
     code = main(["tts", "The cat ran.", "--voice", str(train / "u1.wav"), "-o", str(out), "--model",
-                 str(tmp_path / "run" / "checkpoint"), "--tokenizer", str(tmp_path / "tok"), "--max-seconds", "2",
+                 str(tmp_path / "run" / "checkpoint"), "--tokenizer", str(tiny_corpus / "tok"), "--max-seconds", "2",
                  "--json"])
     assert code == 0
     audio, sr = sf.read(out)
@@ -211,3 +228,37 @@ def test_lm_bench_reports_speed_for_a_recipe(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["frames"] == 5 and report["x_realtime"] > 0 and report["random_weights"]
     assert report["command"].startswith("voxtok lm bench --recipe")
+
+
+_RANK_SCRIPT = """
+import hashlib, os, sys
+from lm.train import LMTrainer, load_lm_recipe
+table, cfg = load_lm_recipe(sys.argv[1])
+trainer = LMTrainer(table, cfg, progress=False)
+trainer.train(4)
+digest = hashlib.sha256()
+for name, tensor in sorted(trainer.model.state_dict().items()):
+    digest.update(tensor.detach().float().numpy().tobytes())
+open(os.path.join(sys.argv[2], f"rank{os.environ['RANK']}.txt"), "w").write(digest.hexdigest())
+"""
+
+
+def test_lm_data_parallel_training_keeps_ranks_in_step(tmp_path, tiny_corpus):
+    """torchrun, 2 gloo ranks on the CPU: each draws its own examples, gradients are averaged, both end with the
+    same weights, and rank 0 alone writes the checkpoint."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    recipe = _lm_recipe(tmp_path, tiny_corpus / "corpus", steps=4)
+    script = tmp_path / "rank.py"
+    script.write_text(_RANK_SCRIPT)
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    result = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", str(script), str(recipe),
+                             str(tmp_path)], capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "rank0.txt").read_text() == (tmp_path / "rank1.txt").read_text()
+    assert "on 2 ranks" in result.stdout
+    assert json.loads((tmp_path / "run" / "checkpoint" / "trainer_state.json").read_text())["step"] == 4
