@@ -1,4 +1,5 @@
-"""The Gradio page: a codec A/B tab and a streaming tab, over demo.codec_tab and demo.streaming_tab.
+"""The Gradio page: a codec A/B tab, a streaming tab and a voices tab, over demo.codec_tab, demo.streaming_tab and
+demo.voices_tab.
 
 Every handler turns a DemoInputError (or any other failure) into a gr.Error, which the page shows as a message
 beside the component; the queue bounds how many requests run at once and how many may wait."""
@@ -14,7 +15,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
-from demo import codec_tab, streaming_tab  # noqa: E402
+from demo import codec_tab, streaming_tab, voices_tab  # noqa: E402
 from demo.codec_tab import SAMPLE_RATE, DemoInputError  # noqa: E402
 
 EXAMPLES_DIR = Path(__file__).parent / "examples"
@@ -77,6 +78,13 @@ def build_app(config: DemoConfig | None = None) -> gr.Blocks:
         audio = state.push(streaming_tab.browser_block(block))
         return (SAMPLE_RATE, audio), state.figures.markdown(state.algorithmic_ms), state
 
+    def run_voice(text, voice_path, model_name, temperature, seed):
+        try:
+            audio, summary = voices_tab.speak(text, voice_path, model_name, temperature, seed)
+        except Exception as exc:
+            raise _page_error(exc) from None
+        return (SAMPLE_RATE, audio), summary
+
     with gr.Blocks(title="voxtok demo") as app:
         gr.Markdown("# voxtok\nA streaming speech codec that runs on a CPU. Upload or record speech, or pick an "
                     f"example; inputs up to {config.max_seconds:.0f} s.")
@@ -127,6 +135,31 @@ def build_app(config: DemoConfig | None = None) -> gr.Blocks:
             st_mic.stream(mic_block, [st_mic, st_state, st_model, st_rate], [st_output, st_figures, st_state],
                           stream_every=0.1, time_limit=120, concurrency_limit=config.concurrency)
             st_mic.start_recording(lambda: None, None, st_state)
+        with gr.Tab("Voices"):
+            lms = list(voices_tab.available_lms())
+            if not lms:
+                gr.Markdown("No speech LM is shipped yet. Train one (`voxtok lm train recipes/lm_discrete.toml`) "
+                            "and start the demo with `VOXTOK_DEMO_LMS=mine=runs/lm_discrete/checkpoint`.")
+            else:
+                gr.Markdown("Text and a few seconds of a voice in, speech out: the speech LM generates 12.5 Hz "
+                            "tokens and the tokenizer decodes them as they come.")
+                with gr.Row():
+                    with gr.Column():
+                        vo_text = gr.Textbox(label="text", value="The quick brown fox jumps over the lazy dog.",
+                                             elem_id="vo-text")
+                        vo_voice = gr.Audio(sources=["upload", "microphone"], type="filepath",
+                                            label="voice prompt (a few seconds)", elem_id="vo-voice")
+                        vo_model = gr.Dropdown(lms, value=lms[0], label="speech LM")
+                        vo_temperature = gr.Slider(0.0, 1.5, value=0.8, step=0.05, label="temperature")
+                        vo_seed = gr.Number(0, precision=0, label="seed")
+                        vo_run = gr.Button("Speak", variant="primary", elem_id="vo-run")
+                        if examples():
+                            gr.Examples([[str(p)] for p in examples()], inputs=[vo_voice], label="voices")
+                    with gr.Column():
+                        vo_output = gr.Audio(label="speech", elem_id="vo-output", interactive=False)
+                        vo_summary = gr.Markdown(elem_id="vo-summary")
+                vo_run.click(run_voice, [vo_text, vo_voice, vo_model, vo_temperature, vo_seed],
+                             [vo_output, vo_summary], concurrency_limit=config.concurrency)
     app.queue(max_size=config.queue_size, default_concurrency_limit=config.concurrency)
     return app
 

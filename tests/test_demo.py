@@ -218,3 +218,35 @@ def test_page_codec_tab_streaming_tab_and_bad_input(page, tmp_path):
                     and t, 120, "streaming figures")
     assert "chunks of 20 ms" in figures and "p95" in figures
     driver.save_screenshot(str(ARTIFACTS / "demo_streaming.png"))
+
+
+def test_voices_tab_speaks_with_a_trained_lm_and_explains_bad_requests(tmp_path, monkeypatch):
+    """The voices tab's handler with a tiny random-weight LM over a tiny tokenizer (named through the demo's
+    environment variables): speech comes back with its figures; empty text, an unknown model and an unknown
+    phoneme get a message for the page."""
+    import torch
+    from test_lm import SYMBOLS, tiny
+    from test_lowrate import tiny_lowrate_config
+
+    from codec.lowrate import LowRateCodec
+    from demo import voices_tab
+    from demo.codec_tab import DemoInputError
+    from lm.model import SpeechLM
+
+    torch.manual_seed(0)
+    tokenizer = LowRateCodec(tiny_lowrate_config())
+    tokenizer.quantizer.initialize(tokenizer.encoder(torch.randn(2, 1, 12800) * 0.1))
+    tokenizer.save_pretrained(tmp_path / "tok")
+    symbols = [*SYMBOLS, "ð", "ə", "k", "æ", "t", "ˈ", "ɹ", "n"]
+    lm = SpeechLM(tiny(num_codebooks=2, codebook_size=625, latent_dim=8, phone_symbols=symbols,
+                       tokenizer="tiny-12hz", tokenizer_config_hash=tokenizer.config.config_hash()))
+    lm.save_pretrained(tmp_path / "lm")
+    monkeypatch.setenv("VOXTOK_DEMO_LMS", f"tiny={tmp_path / 'lm'}")
+    monkeypatch.setenv("VOXTOK_DEMO_TOKENIZER", str(tmp_path / "tok"))
+    assert "tiny" in voices_tab.available_lms()
+    audio, summary = voices_tab.speak("the cat ran", None, "tiny", temperature=1.0, seed=1, max_seconds=1.0)
+    assert len(audio) % 1280 == 0 and len(audio) > 0 and "first audio after" in summary
+    for text, model, message in (("  ", "tiny", "type something"), ("hi", "nope", "unknown voice model"),
+                                 ("zebra quiz", "tiny", "not in this model's symbol table")):
+        with pytest.raises(DemoInputError, match=message):
+            voices_tab.speak(text, None, model, max_seconds=1.0)
