@@ -98,7 +98,7 @@ class LowRateTrainer(HarmonicTrainer):
             lr *= (self.step - self.rewarm_from + 1) / cfg.warmup_steps
         for group in self.opt_g.param_groups:
             group["lr"] = lr
-        audio, f0, voiced, mask, *_ = self.next_batch()
+        audio, f0, voiced, mask, phones, context, context_mask, sentence = self.next_batch()
         with torch.no_grad():
             target_mel = self.analysis(audio)
         flow = model.flow
@@ -133,13 +133,30 @@ class LowRateTrainer(HarmonicTrainer):
         kl = mu.pow(2).mean()
         loss = (cfg.mel_weight * mel + cfg.f0_weight * f0_loss + cfg.voicing_weight * voicing
                 + cfg.flow_weight * flow_loss + cfg.shortcut_weight * shortcut + cfg.kl_weight * kl)
-        grad_norm = self.optimizer_step(self.opt_g, loss, list(model.parameters()))
+        term_figures = {}
+        if len(self.terms):
+            # The distillation terms read the latent mean, normalised (what the LMs read): [terms.phone] puts the
+            # phones into it, as the phone head on the latent asks; labels are per 80 ms token.
+            from codec.distill import TermInputs
+
+            inputs = TermInputs(z, [z], phones=phones, context=context.float(), context_mask=context_mask,
+                                sentence=sentence, audio=audio)
+            for term in self.terms.values():
+                term_loss, figures_k = term(inputs)
+                loss = loss + term.weight * term_loss
+                term_figures.update(figures_k)
+            self.opt_terms.zero_grad(set_to_none=True)
+            for group in self.opt_terms.param_groups:
+                group["lr"] = lr
+        grad_norm = self.optimizer_step(self.opt_g, loss, list(model.parameters()) + list(self.terms.parameters()))
+        if self.opt_terms is not None:
+            self.opt_terms.step()
         with torch.no_grad():
             levels = model.quantizer.levels_of(z)
             used = torch.unique(model.quantizer.encode(mu.detach())).numel()
         return {"mel": mel.item(), **figures, "flow": flow_loss.item(), "shortcut": shortcut.item(), "kl": kl.item(),
                 "mid_level": (levels == (mcfg.fsq_levels - 1) // 2).float().mean().item(),
-                "codes_used": float(used), "grad_norm": grad_norm, "loss": loss.item()}
+                "codes_used": float(used), "grad_norm": grad_norm, "loss": loss.item(), **term_figures}
 
     @torch.no_grad()
     def evaluate(self) -> dict:
