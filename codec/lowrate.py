@@ -196,13 +196,18 @@ class RegressionDecoder(StreamingSequential):
     the v2 decoder's shapes (its layers 1-9)."""
 
     def __init__(self, cfg: LowRateConfig):
-        super().__init__(
+        StreamingSequential.__init__(
+            self,
             *_token_conditioning(cfg, cfg.dec_dim),
             *_blocks(cfg.dec_dim, cfg.dec_layers, cfg),
             ChannelLayerNorm(cfg.dec_dim),
             SynthParameters(cfg.dec_dim, cfg, subframes=cfg.subframes_per_feature_frame),
             HarmonicSynth(cfg.sample_rate, cfg.window, cfg.subframe, cfg.bands, cfg.ap_bands),
         )
+
+        # Every layer but the synthesiser, as a StreamingSequential of the same layer objects (not registered: the
+        # weights stay listed once): the flow decoder's prior, offline and streaming.
+        object.__setattr__(self, "parameter_path", StreamingSequential(*self.layers[:-1]))
 
     @property
     def parameters_head(self) -> SynthParameters:
@@ -312,9 +317,14 @@ class FlowDecoder(nn.Module):
     """Conditional flow matching from noise to the synthesiser's parameters, normalised, at the feature rate.
 
     Per 5 ms sub-frame the target is [bands log-mel, log2 F0, voicing in {0, 1}], normalised per channel with
-    statistics set once from training data (shipped); a feature frame folds its sub-frames into channels. The
-    path is OT-CFM's straight line x_t = (1 - t) x0 + t x1 with velocity x1 - x0; sampling integrates it with
-    Euler steps from x0 = temperature * noise, the noise read from a fixed table by absolute frame position."""
+    statistics set once from training data (shipped); a feature frame folds its sub-frames into channels.
+
+    The flow models the residual over the regression decoder's prediction mu (detached), and sees mu as
+    conditioning: x1 = target - mu, the path OT-CFM's straight line x_t = (1 - t) x0 + t x1 with velocity x1 - x0,
+    and a sample is mu + x1. Why: from noise to the whole target, 800 steps gave samples with a better log-mel
+    distance than the regression decoder's but STOI 0.42 against its 0.74 (5 dev files): the envelope detail the
+    flow adds belongs on top of a good mean, not in place of it (PriorGrad's data-dependent prior, as a mean).
+    Sampling integrates with Euler steps from x0 = temperature * noise, read from a fixed table by frame position."""
 
     def __init__(self, cfg: LowRateConfig):
         super().__init__()
@@ -334,6 +344,16 @@ class FlowDecoder(nn.Module):
                              persistent=False)
         # 1 once the shortcut objective has trained the step-size input: sampling then tells the net its step.
         self.register_buffer("shortcut", torch.zeros((), dtype=torch.long))
+        self.prior = nn.Conv1d(self.features, cfg.flow_dim, 1)  # mu as conditioning (registered last)
+
+    def prior_mean(self, parameters: torch.Tensor) -> torch.Tensor:
+        """The regression decoder's parameters [B, bands + 2, J] (log-mel, F0 Hz, voicing) -> mu, folded and
+        normalised like the targets [B, features, J / subframes]."""
+        b = self.bands
+        return self.fold(self.targets(parameters[:, :b], parameters[:, b], parameters[:, b + 1]))
+
+    def condition(self, cond: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+        return cond + self.prior(mu)
 
     # ---- the feature layout -----------------------------------------------------------------------------
     def fold(self, per_subframe: torch.Tensor) -> torch.Tensor:
@@ -415,7 +435,7 @@ class FlowDecoder(nn.Module):
         return self.noise[:, index].to(dtype)[None].expand(batch, -1, -1)
 
     def sample(self, cond: torch.Tensor, steps: int, temperature: float = 1.0, position: int = 0) -> torch.Tensor:
-        """Offline: cond [B, dim, T] -> normalised samples [B, features, T] by `steps` Euler steps."""
+        """Offline: conditioning [B, dim, T] (condition()) -> the residual [B, features, T] by `steps` Euler steps."""
         b, _, frames = cond.shape
         x = temperature * self.noise_at(position, frames, b, cond.dtype)
         d = self.step_size(steps, b, cond)
@@ -433,6 +453,7 @@ class _LowRateStream:
     pending_input: torch.Tensor
     decoder_skip: int
     cond_state: State
+    prior_state: State
     velocity_states: list[State]
     synth_state: State
     regression_state: State
@@ -517,8 +538,9 @@ class LowRateCodec(VoxtokCodec):
         if self.decoder_kind == "regression":
             blocks = self.decoder(padded)
         else:
-            cond = self.flow.cond(padded)
-            x = self.flow.sample(cond, self.flow_steps, self.temperature)
+            mu = self.flow.prior_mean(self.decoder.parameter_path(padded))
+            cond = self.flow.condition(self.flow.cond(padded), mu)
+            x = mu + self.flow.sample(cond, self.flow_steps, self.temperature)
             blocks = self.decoder.synth(self.flow.synth_parameters(x))
         return self._trim_decoder_output(blocks, z.shape[-1])
 
@@ -537,6 +559,7 @@ class LowRateCodec(VoxtokCodec):
             pending_input=torch.zeros(batch_size, 1, 0, device=device, dtype=self.encoder_dtype),
             decoder_skip=self.config.decoder_delay,
             cond_state=self.flow.cond.init_state(batch_size, device, dtype),
+            prior_state=self.decoder.parameter_path.init_state(batch_size, device, dtype),
             velocity_states=[self.flow.velocity.init_state(batch_size, device, dtype)
                              for _ in range(self.flow_steps)],
             synth_state=synth.init_state(batch_size, device, dtype),
@@ -584,6 +607,9 @@ class LowRateCodec(VoxtokCodec):
             out, stream.regression_state = self.decoder.step(z, stream.regression_state)
         else:
             cond, stream.cond_state = self.flow.cond.step(z, stream.cond_state)
+            parameters, stream.prior_state = self.decoder.parameter_path.step(z, stream.prior_state)
+            mu = self.flow.prior_mean(parameters)
+            cond = self.flow.condition(cond, mu)
             b, _, frames = cond.shape
             x = self.temperature * self.flow.noise_at(stream.frame_position, frames, b, cond.dtype)
             steps = len(stream.velocity_states)
@@ -593,7 +619,8 @@ class LowRateCodec(VoxtokCodec):
                 v, stream.velocity_states[k] = self.flow.velocity.step(x, t, cond, stream.velocity_states[k], d)
                 x = x + v / steps
             stream.frame_position += frames
-            out, stream.synth_state = self.decoder.synth.step(self.flow.synth_parameters(x), stream.synth_state)
+            out, stream.synth_state = self.decoder.synth.step(self.flow.synth_parameters(mu + x),
+                                                              stream.synth_state)
         if stream.decoder_skip:
             skip = min(stream.decoder_skip, out.shape[-1])
             out = out[..., skip:]

@@ -55,7 +55,8 @@ class LowRateTrainer(HarmonicTrainer):
 
     # Tensors added to the model after checkpoints existed, all registered last (so the optimizer's parameter
     # order is unchanged) and all starting at zero: a checkpoint without them gets zeros and fresh Adam moments.
-    ADDED_TENSORS = ("flow.velocity.step_size.weight", "flow.velocity.step_size.bias", "flow.shortcut")
+    ADDED_TENSORS = ("flow.velocity.step_size.weight", "flow.velocity.step_size.bias", "flow.shortcut",
+                     "flow.prior.weight", "flow.prior.bias")
 
     def _upgrade_checkpoint(self) -> None:
         import json
@@ -121,15 +122,17 @@ class LowRateTrainer(HarmonicTrainer):
         raw = model.decoder.raw_parameters(padded)[..., sub_lead:]
         mel, f0_loss, voicing, figures = self.parameter_losses(raw, target_mel, f0, voiced, mask)
         frame_lead = lead * mcfg.feature_frames_per_token
-        cond = flow.cond(padded.detach())[..., frame_lead:]
+        # The flow learns the residual over the regression decoder's (detached) prediction, and sees it.
+        prior = flow.prior_mean(model.decoder.parameters_head.squash(raw.detach()))
+        cond = flow.condition(flow.cond(padded.detach())[..., frame_lead:], prior)
         per = mcfg.subframes_per_feature_frame
         feature_mask = mask.reshape(b, -1, per).amin(dim=-1)
-        flow_target = flow.fold(targets)
-        flow_loss = flow.loss(cond, flow_target, feature_mask)
+        residual = flow.fold(targets) - prior
+        flow_loss = flow.loss(cond, residual, feature_mask)
         shortcut = flow_loss.new_zeros(())
         if cfg.shortcut_weight:
             flow.shortcut.fill_(1)
-            shortcut = flow.shortcut_loss(cond, flow_target, feature_mask)
+            shortcut = flow.shortcut_loss(cond, residual, feature_mask)
         kl = mu.pow(2).mean()
         loss = (cfg.mel_weight * mel + cfg.f0_weight * f0_loss + cfg.voicing_weight * voicing
                 + cfg.flow_weight * flow_loss + cfg.shortcut_weight * shortcut + cfg.kl_weight * kl)

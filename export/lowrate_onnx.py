@@ -3,9 +3,10 @@ around them, so the torch-free runtime (export/lowrate_runtime.py) encodes and d
 
 Graphs (float32, batch and length dynamic):
   latent_encoder_step: audio [B, 1, 1280 k] + states -> normalised latents [B, D, k] + new states
-  flow_cond_step:      latents [B, D, k] + states -> conditioning [B, C, 4 k] + new states (look-ahead delayed)
+  flow_cond_step:      latents [B, D, k] + states -> conditioning [B, C, 4 k], mu [B, F, 4 k] + new states
+                       (mu: the regression decoder's prediction, which the flow's residual sample is added to)
   flow_step:           x [B, F, n], t [B], step size d [B], conditioning [B, C, n] + states -> velocity + states
-  synth_step:          normalised flow samples [B, F, n] + states -> audio [B, 1, 320 n] + new states
+  synth_step:          normalised parameters mu + sample [B, F, n] + states -> audio [B, 1, 320 n] + new states
 The Euler loop, the noise table (flow_noise.npy, read by frame position) and FSQ (tanh, round, the level
 centroids in the manifest) are a few lines of numpy in the runtime. Each Euler step has its own flow_step
 states: the velocity net is causal in time, so step k of a chunk continues step k of the previous chunk.
@@ -41,13 +42,19 @@ class _EncoderStep(nn.Module):
 
 
 class _CondStep(nn.Module):
+    """latents -> (the flow's conditioning, mu: the regression decoder's prediction the flow adds its sample to)."""
+
     def __init__(self, model):
         super().__init__()
-        self.cond = model.flow.cond
+        self.flow, self.parameter_path = model.flow, model.decoder.parameter_path
+        self.cond_states = len(model.flow.cond.init_state(1))
 
     def forward(self, latents, states):
-        cond, new = self.cond.step(latents, list(states))
-        return cond, tuple(new)
+        states = list(states)
+        cond, new_cond = self.flow.cond.step(latents, states[: self.cond_states])
+        parameters, new_prior = self.parameter_path.step(latents, states[self.cond_states:])
+        mu = self.flow.prior_mean(parameters)
+        return self.flow.condition(cond, mu), mu, tuple(new_cond + new_prior)
 
 
 class _FlowStep(nn.Module):
@@ -84,7 +91,7 @@ def export_lowrate_onnx(model, out_dir: str | Path, weights_sha256: str | None =
     batch = torch.export.Dim("batch", min=1, max=4096)
     frames = torch.export.Dim("frames", min=1, max=10_000_000)
     enc_states = model.encoder.init_state(2)
-    cond_states = model.flow.cond.init_state(2)
+    cond_states = model.flow.cond.init_state(2) + model.decoder.parameter_path.init_state(2)
     flow_states = model.flow.velocity.init_state(2)
     synth_states = model.decoder.synth.init_state(2)
     descs = {"latent_encoder_step": _describe_states("enc", enc_states),
@@ -111,7 +118,8 @@ def export_lowrate_onnx(model, out_dir: str | Path, weights_sha256: str | None =
                                                    "states": states(len(enc_states))})
         i, o = names("flow_cond_step")
         _export(_CondStep(model), (latents, tuple(cond_states)), out_dir / GRAPHS["flow_cond_step"],
-                ["latents", *i], ["cond", *o], {"latents": {0: batch, 2: frames}, "states": states(len(cond_states))})
+                ["latents", *i], ["cond", "mu", *o],
+                {"latents": {0: batch, 2: frames}, "states": states(len(cond_states))})
         i, o = names("flow_step")
         _export(_FlowStep(model), (x, t, t, cond, tuple(flow_states)), out_dir / GRAPHS["flow_step"],
                 ["x", "t", "d", "cond", *i], ["velocity", *o],

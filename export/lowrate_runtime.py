@@ -93,8 +93,10 @@ class StreamingLatentDecoder:
         if latents.shape[-1] == 0:
             return np.zeros(0, dtype=np.float32)
         rt = self.runtime
-        cond, self.cond_states = rt.run("flow_cond_step", {"latents": latents[None].astype(np.float32)},
-                                        self.cond_states)
+        outputs = rt.session("flow_cond_step").run(None, {
+            "latents": latents[None].astype(np.float32),
+            **{d["name"]: st for d, st in zip(rt.manifest["states"]["flow_cond_step"], self.cond_states)}})
+        cond, mu, self.cond_states = outputs[0], outputs[1], list(outputs[2:])
         frames = cond.shape[-1]
         index = (self.position + np.arange(frames)) % rt.noise.shape[1]
         x = (self.temperature * rt.noise[:, index])[None]
@@ -105,7 +107,7 @@ class StreamingLatentDecoder:
             v, self.flow_states[k] = rt.run("flow_step", {"x": x, "t": t, "d": d, "cond": cond}, self.flow_states[k])
             x = x + v / self.steps
         self.position += frames
-        audio, self.synth_states = rt.run("synth_step", {"x": x.astype(np.float32)}, self.synth_states)
+        audio, self.synth_states = rt.run("synth_step", {"x": (mu + x).astype(np.float32)}, self.synth_states)
         out = audio[0, 0]
         if self.skip:
             cut = min(self.skip, len(out))
