@@ -56,7 +56,7 @@ class LowRateTrainer(HarmonicTrainer):
     # Tensors added to the model after checkpoints existed, all registered last (so the optimizer's parameter
     # order is unchanged) and all starting at zero: a checkpoint without them gets zeros and fresh Adam moments.
     ADDED_TENSORS = ("flow.velocity.step_size.weight", "flow.velocity.step_size.bias", "flow.shortcut",
-                     "flow.prior.weight", "flow.prior.bias")
+                     "flow.prior.weight", "flow.prior.bias", "flow.residual_std", "flow.residual_ready")
 
     def _upgrade_checkpoint(self) -> None:
         import json
@@ -128,6 +128,8 @@ class LowRateTrainer(HarmonicTrainer):
         per = mcfg.subframes_per_feature_frame
         feature_mask = mask.reshape(b, -1, per).amin(dim=-1)
         residual = flow.fold(targets) - prior
+        if not flow.residual_ready.item():
+            flow.set_residual_scale(residual, feature_mask)
         flow_loss = flow.loss(cond, residual, feature_mask)
         shortcut = flow_loss.new_zeros(())
         if cfg.shortcut_weight:

@@ -128,7 +128,8 @@ def export_lowrate_onnx(model, out_dir: str | Path, weights_sha256: str | None =
         i, o = names("synth_step")
         _export(_SynthStep(model), (x, tuple(synth_states)), out_dir / GRAPHS["synth_step"],
                 ["x", *i], ["audio", *o], {"x": {0: batch, 2: frames}, "states": states(len(synth_states))})
-    noise = model.flow.noise.float().numpy()
+    # The table as the decoder draws it: already scaled by the residual's spread (FlowDecoder.noise_at).
+    noise = (model.flow.noise * model.flow.residual_std[:, None]).float().numpy()
     atomic_write(out_dir / NOISE_FILE, lambda tmp: np.save(open(tmp, "wb"), noise))
     manifest = {
         "format": FORMAT, "format_version": 1, "model_id": model.model_id, "config_hash": cfg.config_hash(),
