@@ -352,6 +352,9 @@ class FlowDecoder(nn.Module):
         # not cancel of it stayed in the bands as noise (STOI 0.47 against the regression's 0.72 after 250 steps).
         self.register_buffer("residual_std", torch.ones(self.features))
         self.register_buffer("residual_ready", torch.zeros((), dtype=torch.long))
+        # 1 on the folded band channels (channel c * subframes + s for band c), 0 on F0 and voicing.
+        mask = (torch.arange(self.features) // self.subframes < self.bands).float()
+        self.register_buffer("envelope_mask", mask, persistent=False)
 
     @torch.no_grad()
     def set_residual_scale(self, residual: torch.Tensor, mask: torch.Tensor) -> None:
@@ -362,6 +365,13 @@ class FlowDecoder(nn.Module):
         var = (((residual - mean[None, :, None]) ** 2) * weight).sum(dim=(0, 2)) / count
         self.residual_std.copy_(var.sqrt().clamp(min=0.02))
         self.residual_ready.fill_(1)
+
+    def pitch_from_prior(self, x: torch.Tensor) -> torch.Tensor:
+        """A residual sample [B, features, T] with its F0 and voicing channels zeroed: mu + x then keeps the
+        regression decoder's pitch and samples only the spectral envelope. Measured at step 1500 (4 dev files,
+        8 steps, temperature 0): sampled F0 / voicing PESQ-WB 1.19, STOI 0.70; the regression's 1.36, 0.72 (the
+        5 ms F0 jitter of independent samples roughens the harmonics' phase)."""
+        return x * self.envelope_mask.to(x.dtype)[:, None]
 
     def start_noise(self, like: torch.Tensor) -> torch.Tensor:
         return torch.randn_like(like) * self.residual_std.to(like.dtype)[:, None]
@@ -562,7 +572,7 @@ class LowRateCodec(VoxtokCodec):
         else:
             mu = self.flow.prior_mean(self.decoder.parameter_path(padded))
             cond = self.flow.condition(self.flow.cond(padded), mu)
-            x = mu + self.flow.sample(cond, self.flow_steps, self.temperature)
+            x = mu + self.flow.pitch_from_prior(self.flow.sample(cond, self.flow_steps, self.temperature))
             blocks = self.decoder.synth(self.flow.synth_parameters(x))
         return self._trim_decoder_output(blocks, z.shape[-1])
 
@@ -641,8 +651,8 @@ class LowRateCodec(VoxtokCodec):
                 v, stream.velocity_states[k] = self.flow.velocity.step(x, t, cond, stream.velocity_states[k], d)
                 x = x + v / steps
             stream.frame_position += frames
-            out, stream.synth_state = self.decoder.synth.step(self.flow.synth_parameters(mu + x),
-                                                              stream.synth_state)
+            out, stream.synth_state = self.decoder.synth.step(
+                self.flow.synth_parameters(mu + self.flow.pitch_from_prior(x)), stream.synth_state)
         if stream.decoder_skip:
             skip = min(stream.decoder_skip, out.shape[-1])
             out = out[..., skip:]

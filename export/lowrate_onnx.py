@@ -6,7 +6,8 @@ Graphs (float32, batch and length dynamic):
   flow_cond_step:      latents [B, D, k] + states -> conditioning [B, C, 4 k], mu [B, F, 4 k] + new states
                        (mu: the regression decoder's prediction, which the flow's residual sample is added to)
   flow_step:           x [B, F, n], t [B], step size d [B], conditioning [B, C, n] + states -> velocity + states
-  synth_step:          normalised parameters mu + sample [B, F, n] + states -> audio [B, 1, 320 n] + new states
+  synth_step:          mu and the flow's residual sample [B, F, n] + states -> audio [B, 1, 320 n] + new states
+                       (the sample's F0 / voicing channels are dropped: pitch comes from mu)
 The Euler loop, the noise table (flow_noise.npy, read by frame position) and FSQ (tanh, round, the level
 centroids in the manifest) are a few lines of numpy in the runtime. Each Euler step has its own flow_step
 states: the velocity net is causal in time, so step k of a chunk continues step k of the previous chunk.
@@ -72,8 +73,8 @@ class _SynthStep(nn.Module):
         super().__init__()
         self.flow, self.synth = model.flow, model.decoder.synth
 
-    def forward(self, x, states):
-        audio, new = self.synth.step(self.flow.synth_parameters(x), list(states))
+    def forward(self, mu, x, states):
+        audio, new = self.synth.step(self.flow.synth_parameters(mu + self.flow.pitch_from_prior(x)), list(states))
         return audio, tuple(new)
 
 
@@ -121,13 +122,15 @@ def export_lowrate_onnx(model, out_dir: str | Path, weights_sha256: str | None =
                 ["latents", *i], ["cond", "mu", *o],
                 {"latents": {0: batch, 2: frames}, "states": states(len(cond_states))})
         i, o = names("flow_step")
-        _export(_FlowStep(model), (x, t, t, cond, tuple(flow_states)), out_dir / GRAPHS["flow_step"],
+        _export(_FlowStep(model), (x, t, t.clone(), cond, tuple(flow_states)), out_dir / GRAPHS["flow_step"],
                 ["x", "t", "d", "cond", *i], ["velocity", *o],
                 {"x": {0: batch, 2: frames}, "t": {0: batch}, "d": {0: batch}, "cond": {0: batch, 2: frames},
                  "states": states(len(flow_states))})
         i, o = names("synth_step")
-        _export(_SynthStep(model), (x, tuple(synth_states)), out_dir / GRAPHS["synth_step"],
-                ["x", *i], ["audio", *o], {"x": {0: batch, 2: frames}, "states": states(len(synth_states))})
+        # Distinct example tensors: the exporter merges inputs given the same tensor object.
+        _export(_SynthStep(model), (torch.randn_like(x), x, tuple(synth_states)), out_dir / GRAPHS["synth_step"],
+                ["mu", "x", *i], ["audio", *o],
+                {"mu": {0: batch, 2: frames}, "x": {0: batch, 2: frames}, "states": states(len(synth_states))})
     # The table as the decoder draws it: already scaled by the residual's spread (FlowDecoder.noise_at).
     noise = (model.flow.noise * model.flow.residual_std[:, None]).float().numpy()
     atomic_write(out_dir / NOISE_FILE, lambda tmp: np.save(open(tmp, "wb"), noise))

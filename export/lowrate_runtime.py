@@ -107,7 +107,7 @@ class StreamingLatentDecoder:
             v, self.flow_states[k] = rt.run("flow_step", {"x": x, "t": t, "d": d, "cond": cond}, self.flow_states[k])
             x = x + v / self.steps
         self.position += frames
-        audio, self.synth_states = rt.run("synth_step", {"x": (mu + x).astype(np.float32)}, self.synth_states)
+        audio, self.synth_states = rt.run("synth_step", {"mu": mu, "x": x.astype(np.float32)}, self.synth_states)
         out = audio[0, 0]
         if self.skip:
             cut = min(self.skip, len(out))

@@ -21,7 +21,7 @@ opus:KBPS                opusenc/opusdec, e.g. opus:6
 codec2:MODE              c2enc/c2dec, MODE in 3200 2400 1600 1400 1300 1200 700C 450
 speex[:QUALITY]          speexenc wideband, quality 0-10 (default 8)
 voxtok[:MODEL][@KBPS]    this codec, e.g. voxtok@1.5 or voxtok:runs/my_model@1.5kbps; the 12.5 Hz tokenizer
-                         takes +flow / +regression, +steps=N and +latents (continuous tokens), e.g.
+                         takes +flow / +regression, +steps=N, +temperature=T and +latents (continuous), e.g.
                          voxtok:voxtok-16k-12hz+latents+steps=4
 cmd:ENC::DEC             two command templates with {in} and {out}
 folder:PATH              already-decoded files, matched by relative path

@@ -267,7 +267,8 @@ class VoxtokSystem:
         self.decoding = decoding or {}
         self.latents = latents
         rate = f"@{bitrate_kbps:g}kbps" if bitrate_kbps is not None else ""
-        options = "".join(f"+{k}={v}" if k == "steps" else f"+{v}" for k, v in self.decoding.items())
+        options = "".join(f"+{k}={v:g}" if k in ("steps", "temperature") else f"+{v}"
+                          for k, v in self.decoding.items())
         self.name = name or f"voxtok{':' + model if model else ''}{rate}{'+latents' if latents else ''}{options}"
         self._model = loaded
 
@@ -286,7 +287,8 @@ class VoxtokSystem:
             self.check()
         model = self._model
         if self.decoding:
-            model.set_decoding(self.decoding.get("decoder"), self.decoding.get("steps"))
+            model.set_decoding(self.decoding.get("decoder"), self.decoding.get("steps"),
+                               self.decoding.get("temperature"))
         start = time.perf_counter()
         if self.latents:
             decoded, size, encode_s, decode_s = self._latent_roundtrip(samples)
@@ -378,10 +380,13 @@ def _parse_voxtok(spec: str, name: str | None) -> VoxtokSystem:
             decoding["decoder"] = option
         elif option.startswith("steps="):
             decoding["steps"] = int(_number(option[6:], spec, "steps"))
+        elif option.startswith("temperature="):
+            decoding["temperature"] = _number(option[12:], spec, "temperature")
         elif option == "latents":
             latents = True
         else:
-            raise VoxtokError(f"system {spec!r}: unknown option +{option} (+flow, +regression, +steps=N, +latents)")
+            raise VoxtokError(f"system {spec!r}: unknown option +{option} "
+                              "(+flow, +regression, +steps=N, +temperature=T, +latents)")
     return VoxtokSystem(match.group("model"), rate, name, decoding=decoding, latents=latents)
 
 
