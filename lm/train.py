@@ -221,6 +221,13 @@ class LMTrainer:
             self.writer = SummaryWriter(str(self.out / "tensorboard")) if lead else None
         except ImportError:
             print("tensorboard not installed: logging to log.jsonl only")
+        if lead and self.model.config.kind == "discrete" and self.heldout and not resumed:
+            # The bar's baseline, logged once beside the LM's held-out cross-entropy per codebook.
+            baseline = bigram_cross_entropy([u.codes for u in self.train_set], [u.codes for u in self.heldout],
+                                            self.model.config.codebook_size)
+            self.log({"step": self.step, **{f"heldout/bigram_ce_{k}": v for k, v in enumerate(baseline)}})
+            print("bigram baseline, held-out cross-entropy per codebook: "
+                  + " ".join(f"{v:.3f}" for v in baseline))
         self.model.train()
         bar = tqdm(total=total, initial=self.step, disable=not self.progress, dynamic_ncols=True)
         running: dict[str, float] = defaultdict(float)

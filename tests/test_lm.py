@@ -202,7 +202,7 @@ def test_corpus_training_and_tts_end_to_end(tmp_path, capsys, tiny_corpus):
     recipe = _lm_recipe(tmp_path, tiny_corpus / "corpus")
     assert main(["lm", "train", str(recipe), "--no-progress"]) == 0
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
-    assert any("heldout/loss" in r for r in log)
+    assert any("heldout/loss" in r for r in log) and any("heldout/bigram_ce_0" in r for r in log)
     out = tmp_path / "said.wav"
     code = main(["tts", "The cat ran.", "--voice", str(train / "u1.wav"), "-o", str(out), "--model",
                  str(tmp_path / "run" / "checkpoint"), "--tokenizer", str(tiny_corpus / "tok"), "--max-seconds", "2",
@@ -262,3 +262,19 @@ def test_lm_data_parallel_training_keeps_ranks_in_step(tmp_path, tiny_corpus):
     assert (tmp_path / "rank0.txt").read_text() == (tmp_path / "rank1.txt").read_text()
     assert "on 2 ranks" in result.stdout
     assert json.loads((tmp_path / "run" / "checkpoint" / "trainer_state.json").read_text())["step"] == 4
+
+
+def test_bigram_baseline_is_lower_on_predictable_codes():
+    """The baseline's cross-entropy is near log(V) on random codes and far below it on codes that follow a
+    rule (each code the previous plus one)."""
+    import math
+
+    import numpy as np
+
+    from lm.train import bigram_cross_entropy
+
+    rng = np.random.default_rng(0)
+    random = [rng.integers(0, 16, (2, 200)) for _ in range(4)]
+    ruled = [np.stack([(np.arange(200) + s) % 16] * 2) for s in range(4)]
+    assert abs(bigram_cross_entropy(random[:3], random[3:], 16)[0] - math.log(16)) < 0.2
+    assert bigram_cross_entropy(ruled[:3], ruled[3:], 16)[0] < 0.5
