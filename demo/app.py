@@ -118,7 +118,8 @@ def build_app(config: DemoConfig | None = None) -> gr.Blocks:
                 with gr.Column():
                     st_input = gr.Audio(sources=["upload"], type="filepath", label="file to stream",
                                         elem_id="st-input")
-                    st_model = gr.Dropdown(models, value=models[0], label="model")
+                    st_model = gr.Dropdown(codec_tab.STREAMING_MODELS, value=codec_tab.STREAMING_MODELS[0],
+                                           label="model")
                     st_rate = gr.Dropdown(["all", *[f"{p:g}" for p in points]], value="all", label="bitrate (kbps)")
                     st_paced = gr.Checkbox(True, label="at the audio clock (off: as fast as the CPU goes)")
                     st_run = gr.Button("Stream the file", variant="primary", elem_id="st-run")

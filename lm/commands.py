@@ -37,6 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     corpus.add_argument("--heldout", action="append", default=[], metavar="DIR[:SPLIT_FILE]",
                         help="held-out utterances (sentences never trained on), e.g. data/synth_heldout")
     corpus.add_argument("--tokenizer", default=None, help="default voxtok-16k-12hz")
+    corpus.add_argument("--text-only", action="store_true",
+                        help="only utterances with a transcript (untranscribed ones otherwise serve as voice prompts)")
     corpus.add_argument("--quiet", action="store_true")
     corpus.set_defaults(func=run_corpus)
     train = lm_sub.add_parser("train", help="train or resume the speech LM from a recipe")
@@ -92,7 +94,8 @@ def run_tts(args: argparse.Namespace) -> int:
 def run_corpus(args: argparse.Namespace) -> int:
     from lm.corpus import Source, build_corpus
 
-    sources = [Source.parse(s, "train") for s in args.source] + [Source.parse(s, "heldout") for s in args.heldout]
+    sources = ([Source.parse(s, "train", args.text_only) for s in args.source]
+               + [Source.parse(s, "heldout", args.text_only) for s in args.heldout])
     meta = build_corpus(args.out_dir, sources, args.tokenizer, progress=not args.quiet)
     print(f"corpus {args.out_dir}: {meta['utterances']} utterances, {meta['hours']} h, "
           f"{len(meta['symbols'])} phoneme symbols, {len(meta['shards'])} shard(s)")

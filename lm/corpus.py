@@ -34,11 +34,12 @@ class Source:
     root: Path
     split_file: Path | None
     split: str  # "train" or "heldout"
+    text_only: bool = False  # leave out the utterances without a transcript
 
     @classmethod
-    def parse(cls, spec: str, split: str) -> Source:
+    def parse(cls, spec: str, split: str, text_only: bool = False) -> Source:
         root, _, split_file = spec.partition(":")
-        source = cls(Path(root), Path(split_file) if split_file else None, split)
+        source = cls(Path(root), Path(split_file) if split_file else None, split, text_only)
         if not (source.root / "manifest.jsonl").is_file():
             raise VoxtokError(f"{source.root}: no manifest.jsonl (a voxtok synth folder or the real speech root)")
         if source.split_file is not None and not source.split_file.is_file():
@@ -57,6 +58,9 @@ def build_corpus(out_dir: str | Path, sources: list[Source], tokenizer: str | No
     model = load_codec(tokenizer or "voxtok-16k-12hz")
     if not isinstance(model, LowRateCodec):
         raise VoxtokError(f"model {model.model_id} is not a 12.5 Hz tokenizer; the LM reads voxtok-16k-12hz tokens")
+    # float32 here: float64 (load_codec's exact mode, for streaming = offline) is 2-3x slower, and a corpus is
+    # encoded in one pass per file, so chunking noise does not arise.
+    model.encoder.float()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "corpus.json").unlink(missing_ok=True)
@@ -84,6 +88,8 @@ def build_corpus(out_dir: str | Path, sources: list[Source], tokenizer: str | No
 
     for source in sources:
         rows = read_manifest(source.root, source.split_file)
+        if source.text_only:
+            rows = [r for r in rows if isinstance(r.get("text"), str) and r["text"].strip()]
         for row in tqdm(rows, desc=f"tokenising {source.root}", disable=not progress, unit="file"):
             path = source.root / row["path"]
             try:
