@@ -147,7 +147,7 @@ class _TorchStream:
 
 
 def _latency_note(frame: int, lookahead: int, sample_rate: int) -> str:
-    return (f"{1000 * frame / sample_rate:g} ms frame + {1000 * lookahead / sample_rate:g} ms iSTFT overlap "
+    return (f"{1000 * frame / sample_rate:g} ms frame + {1000 * lookahead / sample_rate:g} ms decoder delay "
             f"({frame + lookahead} samples)")
 
 

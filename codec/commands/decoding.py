@@ -9,10 +9,11 @@ import argparse
 def add_decoding_options(p: argparse.ArgumentParser) -> None:
     group = p.add_argument_group("decoding (12.5 Hz tokenizer, voxtok-16k-12hz)")
     group.add_argument("--decoder", choices=["flow", "regression"], default=None,
-                       help="flow-matching decoder (default) or the regression control")
-    group.add_argument("--steps", type=int, default=None, help="Euler steps of the flow decoder (default: 8)")
+                       help="the regression decoder (default) or the flow-matching decoder")
+    group.add_argument("--steps", type=int, default=None,
+                       help="Euler steps of the flow decoder (default 8; implies --decoder flow)")
     group.add_argument("--temperature", type=float, default=None,
-                       help="scale of the flow decoder's starting noise (default 1.0; 0 = its mean path)")
+                       help="scale of the flow decoder's starting noise (default 1.0; implies --decoder flow)")
 
 
 def apply_decoding_options(model, args: argparse.Namespace) -> None:
@@ -25,4 +26,7 @@ def apply_decoding_options(model, args: argparse.Namespace) -> None:
         return
     if not isinstance(model, LowRateCodec):
         raise VoxtokError(f"--{given[0]} applies to the 12.5 Hz tokenizer; model {model.model_id} has one decoder")
-    model.set_decoding(args.decoder, args.steps, args.temperature)
+    decoder = args.decoder
+    if decoder is None and (args.steps is not None or args.temperature is not None):
+        decoder = "flow"  # flow options without --decoder mean the flow decoder
+    model.set_decoding(decoder, args.steps, args.temperature)

@@ -287,8 +287,9 @@ class VoxtokSystem:
             self.check()
         model = self._model
         if self.decoding:
-            model.set_decoding(self.decoding.get("decoder"), self.decoding.get("steps"),
-                               self.decoding.get("temperature"))
+            flow_options = "steps" in self.decoding or "temperature" in self.decoding
+            model.set_decoding(self.decoding.get("decoder", "flow" if flow_options else None),
+                               self.decoding.get("steps"), self.decoding.get("temperature"))
         start = time.perf_counter()
         if self.latents:
             decoded, size, encode_s, decode_s = self._latent_roundtrip(samples)
