@@ -104,6 +104,7 @@ class LMTrainer:
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                      betas=(0.9, 0.95))
         self.step = 0
+        self.rewarm_from: int | None = None
         self.out = Path(cfg.out_dir)
         self.ckpt = self.out / "checkpoint"
         self.rng = np.random.default_rng(cfg.seed + 1_000_003 * self.rank)
@@ -169,9 +170,15 @@ class LMTrainer:
         if loaded.config != self.model.config:
             raise VoxtokError(f"{self.ckpt}: the checkpoint's model config differs from this recipe and corpus")
         self.model.load_state_dict(loaded.state_dict())
-        tensors = load_file(str(self.ckpt / "optimizer.safetensors"), device=str(self.device))
-        restore_optimizer(self.opt, "o", tensors, state["optimizer"])
         self.step = state["step"]
+        if (self.ckpt / "optimizer.safetensors").is_file():
+            tensors = load_file(str(self.ckpt / "optimizer.safetensors"), device=str(self.device))
+            restore_optimizer(self.opt, "o", tensors, state["optimizer"])
+        else:
+            # A committed checkpoint leaves the optimizer out (twice the model's size): fresh Adam moments, and the
+            # learning rate warms up again from this step.
+            print("no optimizer state in checkpoint: fresh Adam moments, learning rate re-warmed")
+            self.rewarm_from = self.step
         self.rng = np.random.default_rng(self.cfg.seed + self.step + 1_000_003 * self.rank)
         return True
 
@@ -234,6 +241,8 @@ class LMTrainer:
         started = time.time()
         while self.step < total:
             lr = learning_rate(self.step, cfg)
+            if self.rewarm_from is not None and self.step - self.rewarm_from < cfg.warmup_steps:
+                lr *= (self.step - self.rewarm_from + 1) / cfg.warmup_steps
             for group in self.opt.param_groups:
                 group["lr"] = lr
             loss, figures = self.model.loss(self.batch())

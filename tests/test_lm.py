@@ -203,6 +203,12 @@ def test_corpus_training_and_tts_end_to_end(tmp_path, capsys, tiny_corpus):
     assert main(["lm", "train", str(recipe), "--no-progress"]) == 0
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert any("heldout/loss" in r for r in log) and any("heldout/bigram_ce_0" in r for r in log)
+    # A committed checkpoint without the optimizer resumes with fresh moments.
+    (tmp_path / "run" / "checkpoint" / "optimizer.safetensors").unlink()
+    recipe.write_text(recipe.read_text().replace("steps = 12", "steps = 14"))
+    assert main(["lm", "train", str(recipe), "--no-progress"]) == 0
+    assert "fresh Adam moments" in capsys.readouterr().out
+    assert json.loads((tmp_path / "run" / "checkpoint" / "trainer_state.json").read_text())["step"] == 14
     out = tmp_path / "said.wav"
     code = main(["tts", "The cat ran.", "--voice", str(train / "u1.wav"), "-o", str(out), "--model",
                  str(tmp_path / "run" / "checkpoint"), "--tokenizer", str(tiny_corpus / "tok"), "--max-seconds", "2",
