@@ -608,24 +608,18 @@ class LowRateCodec(VoxtokCodec):
 
     def encode_latents_chunk(self, wav: torch.Tensor) -> torch.Tensor:
         """Streaming encode_latents: any number of samples -> normalised latents of the frames completed so far."""
-        stream = self._require_stream()
-        hop = self.config.hop_length
-        joined = torch.cat([stream.pending_input, wav.to(stream.pending_input.dtype)], dim=-1)
-        whole = joined.shape[-1] - joined.shape[-1] % hop
-        stream.pending_input = joined[..., whole:]
-        if whole == 0:
-            return joined.new_zeros(joined.shape[0], self.config.latent_dim, 0)
-        latents, stream.encoder_state = self.encoder.step(joined[..., :whole], stream.encoder_state)
+        latents = self.encoder_chunk(wav)
+        if latents is None:
+            return wav.new_zeros(wav.shape[0], self.config.latent_dim, 0)
         return self.quantizer.normalise(latents)
 
     def flush_latents(self) -> torch.Tensor:
         """Latents for the last partial frame, zero-padded as encode_latents pads."""
-        stream = self._require_stream()
-        pending = stream.pending_input
-        if pending.shape[-1] == 0:
+        padding = self.final_padding()
+        if padding is None:
+            pending = self._require_stream().pending_input
             return pending.new_zeros(pending.shape[0], self.config.latent_dim, 0)
-        return self.encode_latents_chunk(pending.new_zeros(pending.shape[0], 1,
-                                                           self.config.hop_length - pending.shape[-1]))
+        return self.encode_latents_chunk(padding)
 
     def decode_chunk(self, codes: torch.Tensor) -> torch.Tensor:
         if codes.shape[-1] == 0:

@@ -208,25 +208,42 @@ class VoxtokCodec(nn.Module):
             raise RuntimeError("call encode_chunk/decode_chunk inside `with codec.streaming():`")
         return self._stream
 
-    def encode_chunk(self, wav: torch.Tensor) -> torch.Tensor:
-        """Any number of samples [B, 1, n] -> codes [B, n_q, t] for the frames completed so far."""
+    def encoder_chunk(self, wav: torch.Tensor) -> torch.Tensor | None:
+        """Streaming encoder: buffer samples [B, 1, n] to whole frames and run them -> latents [B, dim, t] of the
+        frames completed so far, or None when none completed (shared by codes and continuous latents)."""
         stream = self._require_stream()
         hop = self.config.hop_length
         joined = torch.cat([stream.pending_input, wav.to(stream.pending_input.dtype)], dim=-1)
         whole = joined.shape[-1] - joined.shape[-1] % hop
         stream.pending_input = joined[..., whole:]
         if whole == 0:
-            return torch.zeros(joined.shape[0], stream.num_quantizers, 0, dtype=torch.long, device=wav.device)
+            return None
         latents, stream.encoder_state = self.encoder.step(joined[..., :whole], stream.encoder_state)
+        return latents
+
+    def final_padding(self) -> torch.Tensor | None:
+        """The zeros that complete the last partial frame as offline `encode` pads it (None when nothing waits)."""
+        pending = self._require_stream().pending_input
+        if pending.shape[-1] == 0:
+            return None
+        return pending.new_zeros(pending.shape[0], 1, self.config.hop_length - pending.shape[-1])
+
+    def encode_chunk(self, wav: torch.Tensor) -> torch.Tensor:
+        """Any number of samples [B, 1, n] -> codes [B, n_q, t] for the frames completed so far."""
+        stream = self._require_stream()
+        latents = self.encoder_chunk(wav)
+        if latents is None:
+            return torch.zeros(wav.shape[0], stream.num_quantizers, 0, dtype=torch.long, device=wav.device)
         return self.quantizer.encode(latents, stream.num_quantizers)
 
     def flush_encoder(self) -> torch.Tensor:
         """Codes for the last partial frame, zero-padded exactly as offline `encode` pads."""
         stream = self._require_stream()
-        pending = stream.pending_input
-        if pending.shape[-1] == 0:
+        padding = self.final_padding()
+        if padding is None:
+            pending = stream.pending_input
             return torch.zeros(pending.shape[0], stream.num_quantizers, 0, dtype=torch.long, device=pending.device)
-        return self.encode_chunk(pending.new_zeros(pending.shape[0], 1, self.config.hop_length - pending.shape[-1]))
+        return self.encode_chunk(padding)
 
     def decode_chunk(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, n_q, t] -> the waveform samples that are final after these frames."""

@@ -122,6 +122,36 @@ def _init_distributed(device: str) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def average_gradients(parameters, world_size: int) -> None:
+    """Data-parallel: every rank's gradients replaced by their mean over the ranks (no-op on one rank)."""
+    if world_size > 1:
+        import torch.distributed as dist
+
+        for p in parameters:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad)
+            p.grad /= world_size
+
+
+def barrier(world_size: int) -> None:
+    if world_size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def agree(flag: bool, world_size: int) -> bool:
+    """True on every rank when it is true on any (ranks must stop at the same step)."""
+    if world_size == 1:
+        return flag
+    import torch.distributed as dist
+
+    value = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def learning_rate(step: int, base: float, cfg: TrainConfig) -> float:
     if step < cfg.warmup_steps:
         return base * (step + 1) / cfg.warmup_steps
@@ -228,14 +258,7 @@ class Trainer:
         """zero_grad, backward, average the gradients over ranks, clip, step; returns the gradient norm."""
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if self.world_size > 1:
-            import torch.distributed as dist
-
-            for p in parameters:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                dist.all_reduce(p.grad)
-                p.grad /= self.world_size
+        average_gradients(parameters, self.world_size)
         norm = float(torch.nn.utils.clip_grad_norm_(parameters, self.cfg.grad_clip))
         optimizer.step()
         return norm
@@ -411,20 +434,10 @@ class Trainer:
         self.barrier()
 
     def barrier(self) -> None:
-        if self.world_size > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
+        barrier(self.world_size)
 
     def _agree(self, flag: bool) -> bool:
-        """True on every rank when it is true on any (ranks must stop at the same step)."""
-        if self.world_size == 1:
-            return flag
-        import torch.distributed as dist
-
-        value = torch.tensor([1.0 if flag else 0.0])
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
-        return bool(value.item())
+        return agree(flag, self.world_size)
 
     def train_step(self) -> dict:
         cfg = self.cfg

@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from codec.errors import VoxtokError
+from codec.train import agree, average_gradients, barrier
 from lm.corpus import Utterance, load_corpus
 from lm.model import SpeechLM, SpeechLMConfig
 from lm.phonemes import symbols_to_ids
@@ -214,7 +215,7 @@ class LMTrainer:
         lead = self.rank == 0
         if lead:
             self.out.mkdir(parents=True, exist_ok=True)
-        self._barrier()
+        barrier(self.world_size)
         resumed = self.load_checkpoint()
         params = sum(p.numel() for p in self.model.parameters()) / 1e6
         if lead:
@@ -248,14 +249,14 @@ class LMTrainer:
             loss, figures = self.model.loss(self.batch())
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
-            self._average_gradients()
+            average_gradients(self.model.parameters(), self.world_size)
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
             self.opt.step()
             self.step += 1
             bar.update(1)
             for k, v in {"loss": loss.item(), "grad_norm": grad_norm, **figures}.items():
                 running[k] += v
-            if deadline is not None and self._agree(time.time() > deadline):
+            if deadline is not None and agree(time.time() > deadline, self.world_size):
                 total = self.step
             if not lead:
                 continue
@@ -273,33 +274,7 @@ class LMTrainer:
                     self.log({"step": self.step, **figures})
                     tqdm.write(f"step {self.step} " + " ".join(f"{k}={v:.3f}" for k, v in figures.items()))
         bar.close()
-        self._barrier()
-
-    # ---- data-parallel --------------------------------------------------------------------------------
-    def _average_gradients(self) -> None:
-        if self.world_size > 1:
-            import torch.distributed as dist
-
-            for p in self.model.parameters():
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                dist.all_reduce(p.grad)
-                p.grad /= self.world_size
-
-    def _barrier(self) -> None:
-        if self.world_size > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-    def _agree(self, flag: bool) -> bool:
-        if self.world_size == 1:
-            return flag
-        import torch.distributed as dist
-
-        value = torch.tensor([1.0 if flag else 0.0])
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
-        return bool(value.item())
+        barrier(self.world_size)
 
 
 def bigram_cross_entropy(train: list[np.ndarray], heldout: list[np.ndarray], vocab: int) -> list[float]:
