@@ -253,6 +253,17 @@ class Trainer:
         return self.cfg.seed + self.step + 1_000_003 * self.rank
 
     # ---- data-parallel ---------------------------------------------------------------------------------
+    def set_generator_lr(self) -> float:
+        """This step's learning rate (the schedule, re-warmed after a resume without optimizer state), set on the
+        generator's optimizer and returned."""
+        cfg = self.cfg
+        lr = learning_rate(self.step, cfg.lr, cfg)
+        if self.rewarm_from is not None and self.step - self.rewarm_from < cfg.warmup_steps:
+            lr *= (self.step - self.rewarm_from + 1) / cfg.warmup_steps
+        for group in self.opt_g.param_groups:
+            group["lr"] = lr
+        return lr
+
     def optimizer_step(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor,
                        parameters: list[torch.nn.Parameter]) -> float:
         """zero_grad, backward, average the gradients over ranks, clip, step; returns the gradient norm."""
@@ -441,11 +452,7 @@ class Trainer:
 
     def train_step(self) -> dict:
         cfg = self.cfg
-        lr = learning_rate(self.step, cfg.lr, cfg)
-        if self.rewarm_from is not None and self.step - self.rewarm_from < cfg.warmup_steps:
-            lr *= (self.step - self.rewarm_from + 1) / cfg.warmup_steps
-        for group in self.opt_g.param_groups:
-            group["lr"] = lr
+        self.set_generator_lr()
         x = self.batch()
         y, _codes, commit = self.model(x)
         y = y[..., : x.shape[-1]]

@@ -34,7 +34,7 @@ from codec.dataset import read_manifest
 from codec.distill import TermInputs, build_terms, codebooks_straight_through
 from codec.harmonic_codec import F0_REFERENCE_HZ, HarmonicCodecConfig, f0_bin_centres
 from codec.modules.harmonic import SynthAnalysis
-from codec.train import TrainConfig, Trainer, learning_rate
+from codec.train import TrainConfig, Trainer
 
 
 @dataclass
@@ -248,11 +248,7 @@ class HarmonicTrainer(Trainer):
 
     def train_step(self) -> dict:
         cfg = self.cfg
-        lr = learning_rate(self.step, cfg.lr, cfg)
-        if self.rewarm_from is not None and self.step - self.rewarm_from < cfg.warmup_steps:
-            lr *= (self.step - self.rewarm_from + 1) / cfg.warmup_steps
-        for group in self.opt_g.param_groups:
-            group["lr"] = lr
+        lr = self.set_generator_lr()
         audio, f0, voiced, mask, phones, context, context_mask, sentence = self.next_batch()
         with torch.no_grad():
             target_mel = self.analysis(audio)

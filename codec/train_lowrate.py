@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 
 from codec.config import LowRateConfig
-from codec.train import learning_rate
 from codec.train_harmonic import HarmonicTrainConfig, HarmonicTrainer
 
 
@@ -94,11 +93,7 @@ class LowRateTrainer(HarmonicTrainer):
 
     def train_step(self) -> dict:
         cfg, mcfg, model = self.cfg, self.model.config, self.model
-        lr = learning_rate(self.step, cfg.lr, cfg)
-        if self.rewarm_from is not None and self.step - self.rewarm_from < cfg.warmup_steps:
-            lr *= (self.step - self.rewarm_from + 1) / cfg.warmup_steps
-        for group in self.opt_g.param_groups:
-            group["lr"] = lr
+        lr = self.set_generator_lr()
         audio, f0, voiced, mask, phones, context, context_mask, sentence = self.next_batch()
         with torch.no_grad():
             target_mel = self.analysis(audio)
