@@ -4,6 +4,7 @@
     voxtok lm corpus OUT --source DIR[:SPLIT] ... [--heldout DIR[:SPLIT]] [--tokenizer NAME]
     voxtok lm train RECIPE [--steps N] [--max-minutes M] [--device cuda]
     voxtok lm bench [--model DIR | --recipe RECIPE] [--threads 1] [--decode]
+    voxtok lm eval --model DIR --corpus data/lm_corpus [--num 100] [--unseen DIR[:SPLIT]] [-o report.json]
 """
 
 from __future__ import annotations
@@ -49,6 +50,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--threads", type=int, default=None)
     train.add_argument("--no-progress", action="store_true")
     train.set_defaults(func=run_train)
+    evaluate = lm_sub.add_parser("eval", help="the LM on the corpus's held-out sentences against issue #11's bars "
+                                              "(PER/WER vs re-synthesised ground truth, voice, end of speech, speed)")
+    evaluate.add_argument("--model", required=True, help="shipped LM name or LM folder")
+    evaluate.add_argument("--corpus", default="data/lm_corpus", help="an LM corpus with held-out utterances")
+    evaluate.add_argument("--tokenizer", default=None,
+                          help="tokenizer model folder (default: the shipped one the LM names; its config must match)")
+    evaluate.add_argument("--num", type=int, default=100, help="held-out generations (default 100)")
+    evaluate.add_argument("--unseen", default=None, metavar="DIR[:SPLIT_FILE]",
+                          help="also speak in voices never trained on: prompts from this manifest folder")
+    evaluate.add_argument("--unseen-num", type=int, default=20)
+    evaluate.add_argument("--temperature", type=float, default=0.8)
+    evaluate.add_argument("--top-k", type=int, default=50)
+    evaluate.add_argument("--top-p", type=float, default=1.0)
+    evaluate.add_argument("--steps", type=int, default=None, help="continuous LM: flow head Euler steps")
+    evaluate.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as the speed bar)")
+    evaluate.add_argument("-o", "--output", default=None, help="write the report (rows, summary, bars) as JSON")
+    evaluate.set_defaults(func=run_eval)
     from lm import bench
 
     bench.register(lm_sub)
@@ -115,4 +133,38 @@ def run_train(args: argparse.Namespace) -> int:
         cfg.threads = args.threads
     trainer = LMTrainer(model_table, cfg, device=args.device, progress=not args.no_progress)
     trainer.train(args.steps, max_seconds=args.max_minutes * 60 if args.max_minutes else None)
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from codec.errors import VoxtokError
+    from lm.evaluate import evaluate_lm, write_report
+    from lm.generate import Sampling
+    from lm.tts import load_lm, tokenizer_for
+
+    if args.num < 1 or args.unseen_num < 1 or args.threads < 1:
+        raise VoxtokError("--num, --unseen-num and --threads must be at least 1")
+    if not 0 <= args.temperature <= 5 or args.top_k < 0 or not 0 < args.top_p <= 1:
+        raise VoxtokError("--temperature must be in [0, 5], --top-k >= 0, --top-p in (0, 1]")
+    if args.output and (Path(args.output).is_dir() or Path(args.output).suffix.lower() != ".json"):
+        raise VoxtokError(f"{args.output}: the report is written as a .json file")  # before minutes of generation
+    torch.set_num_threads(args.threads)
+    lm = load_lm(args.model)
+    sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, flow_steps=args.steps)
+    report = evaluate_lm(lm, args.corpus, args.num, tokenizer=tokenizer_for(lm, args.tokenizer), sampling=sampling,
+                         unseen=args.unseen,
+                         unseen_num=args.unseen_num)
+    if args.output:
+        write_report(report, args.output)
+    print(json.dumps(report["summary"]))
+    for name, bar in report["bars"].items():
+        verdict = "n/a" if bar["met"] is None else ("met" if bar["met"] else "NOT met")
+        print(f"{name:>24}: {bar['value']}  {verdict}")
+    if "unseen" in report:
+        print("unseen voices:", json.dumps(report["unseen"]["summary"]))
     return 0

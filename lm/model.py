@@ -140,11 +140,14 @@ class Block(nn.Module):
         self.attn = Attention(cfg)
         hidden = int(cfg.dim * cfg.mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(cfg.dim, hidden), nn.GELU(), nn.Linear(hidden, cfg.dim))
+        # Residual dropout (nanoGPT's place for it). Its rate is a training choice, not part of the model: p stays 0
+        # until a trainer calls SpeechLM.set_dropout, and eval() turns it off as usual.
+        self.dropout = nn.Dropout(0.0)
 
     def forward(self, x, cos, sin, cache):
         h, cache = self.attn(self.norm1(x), cos, sin, cache)
-        x = x + h
-        return x + self.mlp(self.norm2(x)), cache
+        x = x + self.dropout(h)
+        return x + self.dropout(self.mlp(self.norm2(x))), cache
 
 
 # ---- the continuous head --------------------------------------------------------------------------------------
@@ -216,6 +219,13 @@ class SpeechLM(nn.Module):
             self.eos_head = nn.Linear(cfg.dim, 1)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(cfg.dim)
+
+    def set_dropout(self, p: float) -> None:
+        """The residual dropout rate of every block while training (0 = none)."""
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {p!r}")
+        for block in self.blocks:
+            block.dropout.p = p
 
     # ---- embedding ---------------------------------------------------------------------------------------
     def embed(self, batch: dict) -> torch.Tensor:

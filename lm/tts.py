@@ -59,16 +59,31 @@ def synthesize(lm: SpeechLM, text: str, voice: np.ndarray | None = None, samplin
     codec = tokenizer or tokenizer_for(lm)
     started = time.perf_counter()
     ids = symbols_to_ids(phonemize(text), lm.config.phone_symbols)
+    prompt = prompt_tokens(lm, codec, voice)
+    return speak(lm, ids, prompt, sampling, codec, on_audio, started=started)
+
+
+@torch.inference_mode()
+def prompt_tokens(lm: SpeechLM, codec, voice: np.ndarray | None) -> torch.Tensor:
+    """The voice prompt as the LM reads it: FSQ codes [K, T] (discrete) or normalised latents [D, T]
+    (continuous) of at most MAX_PROMPT_SECONDS of `voice`; empty (T = 0) without a voice."""
     discrete = lm.config.kind == "discrete"
-    if voice is not None:
-        if len(voice) > MAX_PROMPT_SECONDS * codec.config.sample_rate:
-            voice = voice[: int(MAX_PROMPT_SECONDS * codec.config.sample_rate)]
-        wav = torch.from_numpy(np.ascontiguousarray(voice, dtype=np.float32))[None, None]
-        z = codec.encode_latents(wav)[0]
-        prompt = codec.quantizer.codes_of_normalised(z[None])[0] if discrete else z.float()
-    else:
-        prompt = torch.zeros(lm.config.num_codebooks if discrete else lm.config.latent_dim, 0,
-                             dtype=torch.long if discrete else torch.float32)
+    if voice is None:
+        return torch.zeros(lm.config.num_codebooks if discrete else lm.config.latent_dim, 0,
+                           dtype=torch.long if discrete else torch.float32)
+    voice = voice[: int(MAX_PROMPT_SECONDS * codec.config.sample_rate)]
+    wav = torch.from_numpy(np.ascontiguousarray(voice, dtype=np.float32))[None, None]
+    z = codec.encode_latents(wav)[0]
+    return codec.quantizer.codes_of_normalised(z[None])[0] if discrete else z.float()
+
+
+@torch.inference_mode()
+def speak(lm: SpeechLM, ids: list[int], prompt: torch.Tensor, sampling: Sampling, codec,
+          on_audio=None, started: float | None = None) -> tuple[np.ndarray, dict]:
+    """Generate from phoneme ids and prompt tokens (prompt_tokens), decoding each frame as it comes through the
+    tokenizer's streaming decoder; the audio and the figures (frames, seconds, first_audio_ms, x_realtime)."""
+    started = time.perf_counter() if started is None else started
+    discrete = lm.config.kind == "discrete"
     pieces, first_audio, frames = [], None, 0
     with codec.streaming(1):
         def emit(piece: torch.Tensor) -> None:

@@ -68,6 +68,22 @@ def test_kv_cache_gives_the_full_pass_states(kind):
     assert torch.allclose(torch.cat([part, *rest], dim=1), full, atol=1e-5)
 
 
+def test_dropout_is_a_training_setting_off_in_eval():
+    torch.manual_seed(0)
+    model = SpeechLM(tiny())
+    codes = torch.randint(0, 16, (3, 5))
+    batch = collate([training_item(model.config, codes[:, :2], [0, 1, 4], codes)])
+    x = model.embed(batch)
+    model.train()
+    assert torch.equal(model.backbone(x)[0], model.backbone(x)[0])  # p = 0 until a trainer sets it
+    model.set_dropout(0.3)
+    assert not torch.equal(model.backbone(x)[0], model.backbone(x)[0])
+    model.eval()
+    assert torch.equal(model.backbone(x)[0], model.backbone(x)[0])
+    with pytest.raises(ValueError, match="dropout"):
+        model.set_dropout(1.0)
+
+
 def _overfit(model: SpeechLM, item: dict, steps: int) -> list[float]:
     batch = collate([item])
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -222,6 +238,20 @@ def test_corpus_training_and_tts_end_to_end(tmp_path, capsys, tiny_corpus):
     err = capsys.readouterr().err
     assert "text is empty" in err and "unknown LM" in err
     assert not (tmp_path / "x.wav").exists() and not (tmp_path / "y.wav").exists()
+    # `voxtok lm eval`: the held-out sentence spoken and judged (hama, pocketsphinx, Resemblyzer) beside its
+    # re-synthesised ground truth; a report that is not .json is refused before any generation.
+    report = tmp_path / "eval.json"
+    base = ["lm", "eval", "--model", str(tmp_path / "run" / "checkpoint"), "--corpus", str(tiny_corpus / "corpus"),
+            "--tokenizer", str(tiny_corpus / "tok"), "--num", "3"]
+    assert main([*base, "-o", str(tmp_path / "eval.txt")]) == 1
+    assert "written as a .json file" in capsys.readouterr().err
+    assert main([*base, "-o", str(report)]) == 0
+    result = json.loads(report.read_text())
+    (row,) = result["rows"]  # the tiny corpus holds one held-out utterance
+    assert row["truth_frames"] > 0 and 0 <= row["per_truth"] and 0 <= row["wer_gen"]
+    assert row["duration_ratio"] == row["frames"] / row["truth_frames"]
+    assert set(result["bars"]) >= {"per_ratio", "wer_ratio", "sim_gap", "ended", "duration_within_30pct"}
+    assert result["summary"]["generations"] == 1 and "per_ratio" in capsys.readouterr().out
 
 
 def test_lm_bench_reports_speed_for_a_recipe(tmp_path, capsys):
