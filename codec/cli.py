@@ -39,10 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
+    """Run one command line; `parser` (default: every registered command) lets a package run its own commands
+    from a checkout that is not installed (`python -m lm`), with the same one-line errors."""
     # Active OpenMP spinning makes 2-core machines several times slower under load.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    parser = build_parser()
+    parser = parser or build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -60,6 +60,10 @@ class LMTrainConfig:
     checkpoint_every: int = 250
     eval_every: int = 500
     eval_utterances: int = 64
+    # Every sample_every steps (0: never) the lead rank speaks the first held-out sentence and writes
+    # samples/step_NNNNNN.wav (and TensorBoard audio): hearing a run is how a broken one is caught early.
+    sample_every: int = 1000
+    sample_tokenizer: str = ""  # the tokenizer that decodes the samples (default: the one the corpus names)
     threads: int = 0
 
 
@@ -113,6 +117,7 @@ class LMTrainer:
                                      betas=(0.9, 0.95))
         self.step = 0
         self.rewarm_from: int | None = None
+        self.sample_codec = None  # loaded on the first sample; False once it could not be
         self.out = Path(cfg.out_dir)
         self.ckpt = self.out / "checkpoint"
         self.rng = np.random.default_rng(cfg.seed + 1_000_003 * self.rank)
@@ -207,6 +212,44 @@ class LMTrainer:
         self.model.train()
         return {f"heldout/{k}": float(np.mean(v)) for k, v in totals.items()}
 
+    # ---- samples --------------------------------------------------------------------------------------------
+    def write_sample(self) -> Path | None:
+        """Speak the first held-out sentence (a prompt from another utterance of its voice) through the streaming
+        tts path; the wav path, or None when there is nothing to speak or no tokenizer to decode with."""
+        from codec.audio import save_audio
+        from lm.evaluate import PROMPT_FRAMES, heldout_with_prompts
+        from lm.generate import Sampling
+        from lm.phonemes import symbols_to_ids
+        from lm.tts import speak, tokenizer_for
+
+        pairs = heldout_with_prompts(self.train_set + self.heldout, 1)
+        if not pairs or self.sample_codec is False:
+            return None
+        if self.sample_codec is None:
+            try:
+                self.sample_codec = tokenizer_for(self.model, self.cfg.sample_tokenizer or None)
+            except VoxtokError as exc:
+                print(f"no samples in this run: {exc}")
+                self.sample_codec = False
+                return None
+        u, prompt_u = pairs[0]
+        discrete = self.model.config.kind == "discrete"
+        prompt = torch.from_numpy((prompt_u.codes if discrete else prompt_u.latents)[:, :PROMPT_FRAMES])
+        self.model.eval()
+        try:
+            ids = symbols_to_ids(u.phones, self.model.config.phone_symbols)
+            audio, _ = speak(self.model, ids, prompt, Sampling(seed=0, max_frames=2 * u.codes.shape[1] + 10),
+                             self.sample_codec)
+        finally:
+            self.model.train()
+        path = self.out / "samples" / f"step_{self.step:06d}.wav"
+        sample_rate = self.sample_codec.config.sample_rate
+        if len(audio):
+            save_audio(path, audio, sample_rate)
+            if self.writer is not None:
+                self.writer.add_audio("sample", torch.from_numpy(audio)[None], self.step, sample_rate)
+        return path if len(audio) else None
+
     def log(self, record: dict) -> None:
         with open(self.out / "log.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -275,6 +318,8 @@ class LMTrainer:
                 running, started = defaultdict(float), time.time()
             if self.step % cfg.checkpoint_every == 0 or self.step == total:
                 self.save_checkpoint()
+            if cfg.sample_every and self.step % cfg.sample_every == 0:
+                self.write_sample()
             if self.step % cfg.eval_every == 0 or self.step == total:
                 figures = self.evaluate()
                 if figures:

@@ -98,6 +98,7 @@ def speak(lm: SpeechLM, ids: list[int], prompt: torch.Tensor, sampling: Sampling
 
         for frame in generate_frames(lm, prompt, ids, sampling):
             frames += 1
+            frame = frame.cpu()  # the LM may run on a GPU; the tokenizer decodes on the CPU
             if discrete:
                 emit(codec.decode_chunk(frame[None, :, None]))
             else:

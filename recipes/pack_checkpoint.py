@@ -47,6 +47,8 @@ def pack(run_dir: Path, out_dir: Path) -> int:
     state.pop("optimizers", None)
     (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
     (tmp / "log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in history))
+    if (out_dir / "MODEL_CARD.md").is_file():  # the card stays with the checkpoint; its author updates the figures
+        shutil.copy2(out_dir / "MODEL_CARD.md", tmp / "MODEL_CARD.md")
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.replace(out_dir)
     return step

@@ -184,7 +184,7 @@ def tiny_corpus(tmp_path_factory):
     return root
 
 
-def _lm_recipe(tmp_path, corpus, steps: int = 12):
+def _lm_recipe(tmp_path, corpus, steps: int = 12, sample_every: int = 6):
     recipe = tmp_path / "lm.toml"
     recipe.write_text(f"""[model]
 kind = "discrete"
@@ -199,6 +199,8 @@ batch_size = 2
 log_every = 4
 checkpoint_every = 6
 eval_every = 6
+sample_every = {sample_every}
+sample_tokenizer = "{corpus.parent / 'tok'}"
 """)
     return recipe
 
@@ -219,6 +221,10 @@ def test_corpus_training_and_tts_end_to_end(tmp_path, capsys, tiny_corpus):
     assert main(["lm", "train", str(recipe), "--no-progress"]) == 0
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert any("heldout/loss" in r for r in log) and any("heldout/bigram_ce_0" in r for r in log)
+    # Periodic samples: the held-out sentence spoken at steps 6 and 12, as 16 kHz audio.
+    samples = sorted(p.name for p in (tmp_path / "run" / "samples").glob("*.wav"))
+    assert samples == ["step_000006.wav", "step_000012.wav"]
+    assert sf.info(tmp_path / "run" / "samples" / samples[0]).samplerate == 16000
     # A committed checkpoint without the optimizer resumes with fresh moments.
     (tmp_path / "run" / "checkpoint" / "optimizer.safetensors").unlink()
     recipe.write_text(recipe.read_text().replace("steps = 12", "steps = 14"))
@@ -314,3 +320,32 @@ def test_bigram_baseline_is_lower_on_predictable_codes():
     ruled = [np.stack([(np.arange(200) + s) % 16] * 2) for s in range(4)]
     assert abs(bigram_cross_entropy(random[:3], random[3:], 16)[0] - math.log(16)) < 0.2
     assert bigram_cross_entropy(ruled[:3], ruled[3:], 16)[0] < 0.5
+
+
+def test_gpu_burst_command_resumes_an_lm_checkpoint(tmp_path, tiny_corpus):
+    """recipes/gpu_burst.sh with an LM recipe (on the CPU here): `python -m lm train` resumes the packed checkpoint
+    from a checkout that needs no installed entry point, and the packed result, its card kept, comes back in $OUT."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from lm.train import LMTrainer, load_lm_recipe
+
+    recipe = _lm_recipe(tmp_path, tiny_corpus / "corpus", steps=100000, sample_every=0)
+    table, cfg = load_lm_recipe(recipe)
+    LMTrainer(table, cfg, progress=False).train(4)
+    repo = Path(__file__).resolve().parents[1]
+    packed = tmp_path / "packed"
+    packed.mkdir()
+    (packed / "MODEL_CARD.md").write_text("# card\n")
+    subprocess.run([sys.executable, str(repo / "recipes" / "pack_checkpoint.py"), str(tmp_path / "run"), str(packed)],
+                   check=True, capture_output=True)
+    assert (packed / "MODEL_CARD.md").read_text() == "# card\n" and not (packed / "optimizer.safetensors").exists()
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(["bash", str(repo / "recipes" / "gpu_burst.sh"), str(recipe), str(packed), "0.05"],
+                            capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "resumed at step 4" in result.stdout and "fresh Adam moments" in result.stdout
+    state = json.loads((tmp_path / "out" / "checkpoint" / "trainer_state.json").read_text())
+    assert state["step"] > 4 and (tmp_path / "out" / "checkpoint" / "MODEL_CARD.md").is_file()
