@@ -78,12 +78,14 @@ def build_app(config: DemoConfig | None = None) -> gr.Blocks:
         audio = state.push(streaming_tab.browser_block(block))
         return (SAMPLE_RATE, audio), state.figures.markdown(state.algorithmic_ms), state
 
-    def run_voice(text, voice_path, model_name, temperature, seed):
+    def run_voice(text, voice_path, model_name, temperature, seed, steps):
+        # Streamed: each generated frame's audio goes to the page as soon as the tokenizer has decoded it.
         try:
-            audio, summary = voices_tab.speak(text, voice_path, model_name, temperature, seed)
+            for piece, summary in voices_tab.speak_stream(text, voice_path, model_name, temperature, seed,
+                                                               steps=steps):
+                yield ((SAMPLE_RATE, piece) if piece.size else gr.skip()), summary
         except Exception as exc:
             raise _page_error(exc) from None
-        return (SAMPLE_RATE, audio), summary
 
     with gr.Blocks(title="voxtok demo") as app:
         gr.Markdown("# voxtok\nA streaming speech codec that runs on a CPU. Upload or record speech, or pick an "
@@ -153,13 +155,15 @@ def build_app(config: DemoConfig | None = None) -> gr.Blocks:
                         vo_model = gr.Dropdown(lms, value=lms[0], label="speech LM")
                         vo_temperature = gr.Slider(0.0, 1.5, value=0.8, step=0.05, label="temperature")
                         vo_seed = gr.Number(0, precision=0, label="seed")
+                        vo_steps = gr.Slider(1, 16, value=8, step=1, label="flow steps (continuous LMs)")
                         vo_run = gr.Button("Speak", variant="primary", elem_id="vo-run")
                         if examples():
                             gr.Examples([[str(p)] for p in examples()], inputs=[vo_voice], label="voices")
                     with gr.Column():
-                        vo_output = gr.Audio(label="speech", elem_id="vo-output", interactive=False)
+                        vo_output = gr.Audio(label="speech, as it is generated", elem_id="vo-output",
+                                             streaming=True, autoplay=True, interactive=False)
                         vo_summary = gr.Markdown(elem_id="vo-summary")
-                vo_run.click(run_voice, [vo_text, vo_voice, vo_model, vo_temperature, vo_seed],
+                vo_run.click(run_voice, [vo_text, vo_voice, vo_model, vo_temperature, vo_seed, vo_steps],
                              [vo_output, vo_summary], concurrency_limit=config.concurrency)
     app.queue(max_size=config.queue_size, default_concurrency_limit=config.concurrency)
     return app

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -46,11 +47,25 @@ def _load(name: str):
 
 
 def speak(text: str, voice_path: str | Path | None, model_name: str, temperature: float = 0.8, seed: int = 0,
-          max_seconds: float = 20.0) -> tuple[np.ndarray, str]:
+          max_seconds: float = 20.0, steps: int | None = None) -> tuple[np.ndarray, str]:
     """(16 kHz speech, a Markdown summary); a DemoInputError says what is wrong with the request."""
+    pieces, summary = [], ""
+    for piece, latest in speak_stream(text, voice_path, model_name, temperature, seed, max_seconds, steps):
+        pieces.append(piece)
+        summary = latest
+    return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32), summary
+
+
+def speak_stream(text: str, voice_path: str | Path | None, model_name: str, temperature: float = 0.8,
+                 seed: int = 0, max_seconds: float = 20.0,
+                 steps: int | None = None) -> Iterator[tuple[np.ndarray, str]]:
+    """The speech as it is generated: (16 kHz samples that became final, a Markdown summary with the phonemes
+    and the figures so far); the request is checked before the first item, so a DemoInputError comes first.
+    `steps`: the flow head's Euler steps of a continuous LM (None: the model's own; a discrete LM ignores it)."""
     from codec.errors import VoxtokError
     from lm.generate import Sampling
-    from lm.tts import synthesize
+    from lm.phonemes import phonemize, symbols_to_ids
+    from lm.tts import prompt_tokens, stream_speech
 
     if not isinstance(text, str) or not text.strip():
         raise DemoInputError("type something for the voice to say")
@@ -58,19 +73,32 @@ def speak(text: str, voice_path: str | Path | None, model_name: str, temperature
         raise DemoInputError(f"the text is {len(text)} characters; at most {MAX_TEXT_CHARS}")
     if not 0.0 <= float(temperature) <= 2.0:
         raise DemoInputError("temperature must be between 0 and 2")
+    if steps is not None and not 1 <= int(steps) <= 64:
+        raise DemoInputError("flow steps must be between 1 and 64")
     lm, tokenizer = _load(model_name)
     voice = load_upload(voice_path, max_seconds=30.0) if voice_path else None
     sampling = Sampling(temperature=float(temperature), top_k=50, seed=int(seed),
-                        max_frames=max(1, int(max_seconds * lm.config.frame_rate)))
+                        max_frames=max(1, int(max_seconds * lm.config.frame_rate)),
+                        flow_steps=None if steps is None else int(steps))
     try:
-        audio, stats = synthesize(lm, text, voice, sampling, tokenizer=tokenizer)
+        symbols = phonemize(text)
+        ids = symbols_to_ids(symbols, lm.config.phone_symbols)
     except VoxtokError as exc:  # a phoneme the model does not know, and the like
         raise DemoInputError(str(exc)) from None
-    if not len(audio):
-        raise DemoInputError("the model ended without speaking; try another seed or a higher temperature")
-    summary = (f"**{stats['seconds']:.2f} s** of speech in {stats['wall_s']:.2f} s "
-               f"({stats['x_realtime']:g}× real time); first audio after **{stats['first_audio_ms']:.0f} ms**; "
-               + ("ended by itself" if stats["ended"] else f"stopped at the {max_seconds:g} s limit")
-               + f"; model {model_name} ({lm.config.kind}), voice prompt: "
-               + ("yes" if voice is not None else "none"))
-    return audio, summary
+    phonemes = "".join(symbols).strip()
+    flow = f", {sampling.flow_steps or lm.config.flow_steps} flow steps" if lm.config.kind == "continuous" else ""
+    prompt = prompt_tokens(lm, tokenizer, voice)
+    spoken = 0
+    for samples, stats in stream_speech(lm, ids, prompt, sampling, tokenizer):
+        spoken += samples.size
+        if stats["ended"] is None:
+            summary = f"phonemes: `{phonemes}`\n\nspeaking… {stats['seconds']:.2f} s so far"
+        elif not spoken:
+            raise DemoInputError("the model ended without speaking; try another seed or a higher temperature")
+        else:
+            summary = (f"phonemes: `{phonemes}`\n\n**{stats['seconds']:.2f} s** of speech in {stats['wall_s']:.2f} s "
+                       f"({stats['x_realtime']:g}× real time); first audio after **{stats['first_audio_ms']:.0f} ms**; "
+                       + ("ended by itself" if stats["ended"] else f"stopped at the {max_seconds:g} s limit")
+                       + f"; model {model_name} ({lm.config.kind}{flow}), voice prompt: "
+                       + ("yes" if voice is not None else "none"))
+        yield samples, summary

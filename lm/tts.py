@@ -12,6 +12,7 @@ refused rather than decoded into noise).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -77,39 +78,54 @@ def prompt_tokens(lm: SpeechLM, codec, voice: np.ndarray | None) -> torch.Tensor
     return codec.quantizer.codes_of_normalised(z[None])[0] if discrete else z.float()
 
 
-@torch.inference_mode()
 def speak(lm: SpeechLM, ids: list[int], prompt: torch.Tensor, sampling: Sampling, codec,
           on_audio=None, started: float | None = None) -> tuple[np.ndarray, dict]:
     """Generate from phoneme ids and prompt tokens (prompt_tokens), decoding each frame as it comes through the
     tokenizer's streaming decoder; the audio and the figures (frames, seconds, first_audio_ms, x_realtime)."""
+    pieces, stats = [], {}
+    for samples, figures in stream_speech(lm, ids, prompt, sampling, codec, started):
+        stats = figures
+        if samples.size:
+            pieces.append(samples)
+            if on_audio is not None:
+                on_audio(samples)
+    return (np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)), stats
+
+
+@torch.inference_mode()
+def stream_speech(lm: SpeechLM, ids: list[int], prompt: torch.Tensor, sampling: Sampling, codec,
+                  started: float | None = None) -> Iterator[tuple[np.ndarray, dict]]:
+    """speak() as a generator: (samples that became final, the figures so far) per generated frame; the last
+    item's figures are final. The samples add up to exactly frames × hop (the decoder's tail is cut)."""
     started = time.perf_counter() if started is None else started
     discrete = lm.config.kind == "discrete"
-    pieces, first_audio, frames = [], None, 0
-    with codec.streaming(1):
-        def emit(piece: torch.Tensor) -> None:
-            nonlocal first_audio
-            samples = piece[0, 0].float().numpy()
-            if samples.size:
-                if first_audio is None:
-                    first_audio = time.perf_counter() - started
-                pieces.append(samples)
-                if on_audio is not None:
-                    on_audio(samples)
+    hop, rate = codec.config.hop_length, codec.config.sample_rate
+    first_audio, frames, emitted = None, 0, 0
 
+    def figures(final: bool) -> dict:
+        total = time.perf_counter() - started
+        seconds = emitted / rate
+        return {"frames": frames, "seconds": round(seconds, 3),
+                "ended": frames < sampling.max_frames if final else None,
+                "first_audio_ms": None if first_audio is None else round(1000 * first_audio, 1),
+                "wall_s": round(total, 3), "x_realtime": round(seconds / total, 2) if total > 0 else None}
+
+    def final_part(piece: torch.Tensor) -> np.ndarray:
+        nonlocal first_audio, emitted
+        samples = piece[0, 0].float().numpy()[: max(0, frames * hop - emitted)]
+        if samples.size and first_audio is None:
+            first_audio = time.perf_counter() - started
+        emitted += samples.size
+        return samples
+
+    with codec.streaming(1):
         for frame in generate_frames(lm, prompt, ids, sampling):
             frames += 1
             frame = frame.cpu()  # the LM may run on a GPU; the tokenizer decodes on the CPU
             if discrete:
-                emit(codec.decode_chunk(frame[None, :, None]))
+                piece = codec.decode_chunk(frame[None, :, None])
             else:
-                emit(codec.decode_latents_chunk(frame[None, :, None].double()))
-        if frames:
-            emit(codec.flush_decoder())
-    total = time.perf_counter() - started
-    audio = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
-    audio = audio[: int(frames * codec.config.hop_length)]
-    seconds = len(audio) / codec.config.sample_rate
-    stats = {"frames": frames, "seconds": round(seconds, 3), "ended": frames < sampling.max_frames,
-             "first_audio_ms": None if first_audio is None else round(1000 * first_audio, 1),
-             "wall_s": round(total, 3), "x_realtime": round(seconds / total, 2) if total > 0 else None}
-    return audio, stats
+                piece = codec.decode_latents_chunk(frame[None, :, None].double())
+            yield final_part(piece), figures(False)
+        tail = final_part(codec.flush_decoder()) if frames else np.zeros(0, dtype=np.float32)
+    yield tail, figures(True)

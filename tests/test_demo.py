@@ -147,9 +147,35 @@ def _wait(condition, timeout: float = 120.0, what: str = "condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _tiny_voice_model(folder: Path) -> dict[str, str]:
+    """A tiny random-weight LM over a tiny 12.5 Hz tokenizer, saved under folder; the demo's environment that
+    names them (VOXTOK_DEMO_LMS, VOXTOK_DEMO_TOKENIZER)."""
+    import torch
+    from test_lm import SYMBOLS, tiny
+    from test_lowrate import tiny_lowrate_config
+
+    from codec.lowrate import LowRateCodec
+    from lm.model import SpeechLM
+
+    torch.manual_seed(0)
+    tokenizer = LowRateCodec(tiny_lowrate_config())
+    tokenizer.quantizer.initialize(tokenizer.encoder(torch.randn(2, 1, 12800) * 0.1))
+    tokenizer.save_pretrained(folder / "tok")
+    symbols = [*SYMBOLS, "ð", "ə", "k", "æ", "t", "ˈ", "ɹ", "n"]
+    for kind, name in (("discrete", "lm"), ("continuous", "lm-flow")):
+        lm = SpeechLM(tiny(kind, num_codebooks=2, codebook_size=625, latent_dim=8, phone_symbols=symbols,
+                           tokenizer="tiny-12hz", tokenizer_config_hash=tokenizer.config.config_hash()))
+        lm.save_pretrained(folder / name)
+    return {"VOXTOK_DEMO_LMS": f"tiny={folder / 'lm'},tiny-flow={folder / 'lm-flow'}",
+            "VOXTOK_DEMO_TOKENIZER": str(folder / "tok")}
+
+
 @pytest.fixture(scope="module")
-def page():
-    # No port given: Gradio takes the first free one from 7860 up.
+def page(tmp_path_factory):
+    # The voices tab gets a tiny LM (none is shipped yet); no port given: Gradio takes the first free one.
+    env = _tiny_voice_model(tmp_path_factory.mktemp("voice-model"))
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     app, url = launch(block=False, config=DemoConfig(max_seconds=30.0))
     driver = _browser()
     try:
@@ -157,6 +183,11 @@ def page():
     finally:
         driver.quit()
         app.close()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _fetch_wav(url: str) -> np.ndarray:
@@ -219,33 +250,42 @@ def test_page_codec_tab_streaming_tab_and_bad_input(page, tmp_path):
     assert "chunks of 20 ms" in figures and "p95" in figures
     driver.save_screenshot(str(ARTIFACTS / "demo_streaming.png"))
 
+    # The voices tab: text in, speech streamed out with its phonemes and figures (the tiny LM of the fixture).
+    driver.get(url)
+    tab = _wait(lambda: [b for b in driver.find_elements(By.CSS_SELECTOR, "button[role=tab]") if b.text == "Voices"],
+                30, "the voices tab")
+    tab[0].click()
+    text = _wait(lambda: driver.find_elements(By.CSS_SELECTOR, "#vo-text textarea"), 30, "the text box")[0]
+    text.clear()
+    text.send_keys("the cat ran")
+    driver.find_element(By.CSS_SELECTOR, "#vo-run").click()
+    summary = _wait(lambda: (t := driver.find_element(By.CSS_SELECTOR, "#vo-summary").text) and "first audio" in t
+                    and t, 120, "the voices tab's figures")
+    assert "phonemes:" in summary and "ðə" in summary and "real time" in summary
+    driver.save_screenshot(str(ARTIFACTS / "demo_voices.png"))
+
 
 def test_voices_tab_speaks_with_a_trained_lm_and_explains_bad_requests(tmp_path, monkeypatch):
     """The voices tab's handler with a tiny random-weight LM over a tiny tokenizer (named through the demo's
     environment variables): speech comes back with its figures; empty text, an unknown model and an unknown
     phoneme get a message for the page."""
-    import torch
-    from test_lm import SYMBOLS, tiny
-    from test_lowrate import tiny_lowrate_config
-
-    from codec.lowrate import LowRateCodec
     from demo import voices_tab
     from demo.codec_tab import DemoInputError
-    from lm.model import SpeechLM
 
-    torch.manual_seed(0)
-    tokenizer = LowRateCodec(tiny_lowrate_config())
-    tokenizer.quantizer.initialize(tokenizer.encoder(torch.randn(2, 1, 12800) * 0.1))
-    tokenizer.save_pretrained(tmp_path / "tok")
-    symbols = [*SYMBOLS, "ð", "ə", "k", "æ", "t", "ˈ", "ɹ", "n"]
-    lm = SpeechLM(tiny(num_codebooks=2, codebook_size=625, latent_dim=8, phone_symbols=symbols,
-                       tokenizer="tiny-12hz", tokenizer_config_hash=tokenizer.config.config_hash()))
-    lm.save_pretrained(tmp_path / "lm")
-    monkeypatch.setenv("VOXTOK_DEMO_LMS", f"tiny={tmp_path / 'lm'}")
-    monkeypatch.setenv("VOXTOK_DEMO_TOKENIZER", str(tmp_path / "tok"))
+    for key, value in _tiny_voice_model(tmp_path).items():
+        monkeypatch.setenv(key, value)
     assert "tiny" in voices_tab.available_lms()
     audio, summary = voices_tab.speak("the cat ran", None, "tiny", temperature=1.0, seed=1, max_seconds=1.0)
     assert len(audio) % 1280 == 0 and len(audio) > 0 and "first audio after" in summary
+    # Streamed, the same speech arrives frame by frame, the phonemes shown from the first piece on.
+    pieces = list(voices_tab.speak_stream("the cat ran", None, "tiny", temperature=1.0, seed=1, max_seconds=1.0))
+    assert len(pieces) > 2 and np.array_equal(np.concatenate([p for p, _ in pieces]), audio)
+    assert all("phonemes: `ðə" in summary for _, summary in pieces)
+    # The continuous LM takes the flow steps.
+    audio, summary = voices_tab.speak("the cat ran", None, "tiny-flow", seed=1, max_seconds=1.0, steps=2)
+    assert len(audio) > 0 and "(continuous, 2 flow steps)" in summary
+    with pytest.raises(DemoInputError, match="flow steps"):
+        voices_tab.speak("the cat ran", None, "tiny-flow", steps=0)
     for text, model, message in (("  ", "tiny", "type something"), ("hi", "nope", "unknown voice model"),
                                  ("zebra quiz", "tiny", "not in this model's symbol table")):
         with pytest.raises(DemoInputError, match=message):
