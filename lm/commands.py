@@ -52,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.set_defaults(func=run_train)
     evaluate = lm_sub.add_parser("eval", help="the LM on the corpus's held-out sentences against issue #11's bars "
                                               "(PER/WER vs re-synthesised ground truth, voice, end of speech, speed)")
-    evaluate.add_argument("--model", required=True, help="shipped LM name or LM folder")
+    evaluate.add_argument("--model", default=None, help="shipped LM name or LM folder")
     evaluate.add_argument("--corpus", default="data/lm_corpus", help="an LM corpus with held-out utterances")
     evaluate.add_argument("--tokenizer", default=None,
                           help="tokenizer model folder (default: the shipped one the LM names; its config must match)")
@@ -66,6 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--steps", type=int, default=None, help="continuous LM: flow head Euler steps")
     evaluate.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as the speed bar)")
     evaluate.add_argument("-o", "--output", default=None, help="write the report (rows, summary, bars) as JSON")
+    evaluate.add_argument("--compare", nargs="+", default=None, metavar="REPORT.json",
+                          help="print earlier reports side by side as Markdown and exit (no generation)")
     evaluate.set_defaults(func=run_eval)
     from lm import bench
 
@@ -147,6 +149,21 @@ def run_eval(args: argparse.Namespace) -> int:
     from lm.generate import Sampling
     from lm.tts import load_lm, tokenizer_for
 
+    if args.compare:
+        from lm.evaluate import report_markdown
+
+        reports = []
+        for path in args.compare:
+            try:
+                reports.append(json.loads(Path(path).read_text(encoding="utf-8")))
+            except (OSError, ValueError) as exc:
+                raise VoxtokError(f"{path}: not a readable lm eval report ({exc})") from None
+            if "summary" not in reports[-1]:
+                raise VoxtokError(f"{path}: not an lm eval report (no summary)")
+        print(report_markdown(reports), end="")
+        return 0
+    if not args.model:
+        raise VoxtokError("lm eval needs --model (or --compare REPORT.json ...)")
     if args.num < 1 or args.unseen_num < 1 or args.threads < 1:
         raise VoxtokError("--num, --unseen-num and --threads must be at least 1")
     if not 0 <= args.temperature <= 5 or args.top_k < 0 or not 0 < args.top_p <= 1:

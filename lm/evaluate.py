@@ -213,6 +213,46 @@ def _unseen_voices(lm, codec, judges, pairs, spec: str, num: int, base: Sampling
     return {"prompts": spec, "summary": summary, "rows": rows}
 
 
+def report_markdown(reports: list[dict]) -> str:
+    """Side-by-side Markdown tables of one or more reports (e.g. the discrete and the continuous LM)."""
+    cols = [f"{r['model']} ({r['kind']})" for r in reports]
+    rows = [("generations", "generations"), ("end of speech reached", "ended"),
+            ("duration / ground truth", "duration_ratio"), ("duration within ±30%", "duration_within_30pct"),
+            ("PER generated", "per_gen"), ("PER ground truth (re-synthesised)", "per_truth"),
+            ("PER ratio (bar ≤ 1.5)", "per_ratio"), ("WER generated", "wer_gen"),
+            ("WER ground truth", "wer_truth"), ("WER ratio (bar ≤ 1.5)", "wer_ratio"),
+            ("similarity to prompt, generated", "sim_gen"), ("similarity, ground truth", "sim_truth"),
+            ("similarity gap (bar ≤ 0.1)", "sim_gap"), ("× real time, median (bar ≥ 1)", "x_realtime_median"),
+            ("first audio ms, median", "first_audio_ms_median")]
+    lines = ["| | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for label, key in rows:
+        lines.append(f"| {label} | " + " | ".join(_cell(r["summary"].get(key)) for r in reports) + " |")
+    engines = sorted({e for r in reports for e in r["summary"].get("wer_by_engine", {})})
+    if engines:
+        lines += ["", "WER by engine of the voice (generated / ground truth):", "",
+                  "| engine | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+        for engine in engines:
+            cells = []
+            for r in reports:
+                e = r["summary"].get("wer_by_engine", {}).get(engine)
+                cells.append(f"{e['wer_gen']:.3f} / {e['wer_truth']:.3f} ({e['generations']})" if e else "–")
+            lines.append(f"| {engine} | " + " | ".join(cells) + " |")
+    if any("unseen" in r for r in reports):
+        lines += ["", "Unseen voices (no ground truth):", "", "| | " + " | ".join(cols) + " |",
+                  "|---|" + "---:|" * len(cols)]
+        for label, key in (("generations", "generations"), ("end of speech reached", "ended"),
+                           ("PER", "per_gen"), ("WER", "wer_gen"), ("similarity to prompt", "sim_gen")):
+            lines.append(f"| {label} | " + " | ".join(_cell(r.get("unseen", {}).get("summary", {}).get(key))
+                                                      for r in reports) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
 def write_report(report: dict, path: str | Path) -> None:
     from codec.audio import atomic_write
 

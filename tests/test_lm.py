@@ -258,6 +258,12 @@ def test_corpus_training_and_tts_end_to_end(tmp_path, capsys, tiny_corpus):
     assert row["duration_ratio"] == row["frames"] / row["truth_frames"]
     assert set(result["bars"]) >= {"per_ratio", "wer_ratio", "sim_gap", "ended", "duration_within_30pct"}
     assert result["summary"]["generations"] == 1 and "per_ratio" in capsys.readouterr().out
+    # Reports side by side, as the model cards show them; a file that is not a report is one error line.
+    assert main(["lm", "eval", "--compare", str(report), str(report)]) == 0
+    table = capsys.readouterr().out
+    assert table.count("PER ratio (bar ≤ 1.5)") == 1 and "| generations | 1 | 1 |" in table
+    assert main(["lm", "eval", "--compare", str(tmp_path / "said.wav")]) == 1
+    assert "not a readable lm eval report" in capsys.readouterr().err
 
 
 def test_lm_bench_reports_speed_for_a_recipe(tmp_path, capsys):
