@@ -116,6 +116,10 @@ class Attention(nn.Module):
         self.heads, self.head_dim = cfg.heads, cfg.dim // cfg.heads
         self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
         self.out = nn.Linear(cfg.dim, cfg.dim)
+        # Training with guided attention asks this layer for its attention probabilities (explicit softmax instead
+        # of the fused kernel); they are left in self.weights [B, H, L, L] for the loss to read.
+        self.keep_weights = False
+        self.weights: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, tuple]:
@@ -125,7 +129,12 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
         past = k.shape[2] - length
-        if past == 0:
+        if self.keep_weights and past == 0:
+            scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
+            causal = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
+            self.weights = scores.masked_fill(~causal, float("-inf")).softmax(dim=-1)
+            y = self.weights @ v
+        elif past == 0:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:  # new queries see every cached key and the new keys up to their own position
             mask = torch.ones(length, k.shape[2], dtype=torch.bool, device=x.device).tril(diagonal=past)
@@ -201,6 +210,31 @@ class FlowHead(nn.Module):
         return x
 
 
+# ---- guided attention -----------------------------------------------------------------------------------------
+def guided_attention_loss(attention: torch.Tensor, kinds: torch.Tensor, segments: torch.Tensor,
+                          sigma: float = 0.2) -> torch.Tensor:
+    """Tacotron's guided attention (Tachibana et al. 2017), for a decoder-only LM: the attention [B, H, L, L] of
+    the target frames (segment 2) should sit on the phonemes, near the diagonal n/N ≈ t/T. Mass on phoneme n costs
+    1 - exp(-(n/N - t/T)² / 2σ²); mass anywhere else (prompt, markers, earlier frames) costs 1. Without such a
+    prior a small LM on hours of speech learns to continue the voice and all but ignores the text (measured:
+    teacher-forced CE with another sentence's phonemes within 0.6% of the right ones after 3,000 steps)."""
+    batch, _, length, _ = attention.shape
+    total, count = attention.new_zeros(()), 0
+    for b in range(batch):
+        text = (kinds[b] == TEXT).nonzero()[:, 0]
+        query = ((segments[b] == 2) & (kinds[b] == SPEECH)).nonzero()[:, 0]
+        if not len(text) or not len(query):
+            continue
+        n = (torch.arange(len(text), device=attention.device) + 0.5) / len(text)
+        t = (torch.arange(len(query), device=attention.device) + 0.5) / len(query)
+        cost = attention.new_ones(len(query), length)
+        cost[:, text] = 1 - torch.exp(-((n[None] - t[:, None]) ** 2) / (2 * sigma**2))
+        probs = attention[b][:, query]  # [H, Q, L]
+        total = total + (probs * cost[None]).sum(-1).mean()
+        count += 1
+    return total / max(1, count)
+
+
 # ---- the model ------------------------------------------------------------------------------------------------
 class SpeechLM(nn.Module):
     def __init__(self, cfg: SpeechLMConfig):
@@ -253,13 +287,30 @@ class SpeechLM(nn.Module):
         return self.norm(x), new_cache
 
     # ---- training ------------------------------------------------------------------------------------------
-    def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        """Teacher-forced loss on a built batch; figures per codebook (discrete) or flow / EOS (continuous)."""
+    def loss(self, batch: dict, guided: tuple[float, float] | None = None) -> tuple[torch.Tensor, dict]:
+        """Teacher-forced loss on a built batch; figures per codebook (discrete) or flow / EOS (continuous).
+        guided = (weight, sigma) adds guided_attention_loss (a training aid for text alignment)."""
         cfg = self.config
         if cfg.kind == "continuous" and self.training and cfg.input_noise:
             batch = dict(batch)
             batch["latents"] = batch["latents"] + cfg.input_noise * torch.randn_like(batch["latents"])
-        hidden, _ = self.backbone(self.embed(batch))
+        guide_layer = self.blocks[len(self.blocks) // 2].attn
+        guide_layer.keep_weights = bool(guided and guided[0] > 0)
+        try:
+            hidden, _ = self.backbone(self.embed(batch))
+        finally:
+            guide_layer.keep_weights = False
+        main, figures = self._prediction_loss(hidden, batch)
+        if guided and guided[0] > 0:
+            attention, guide_layer.weights = guide_layer.weights, None
+            heads = max(1, cfg.heads // 2)
+            penalty = guided_attention_loss(attention[:, :heads], batch["kinds"], batch["segments"], guided[1])
+            figures["guided"] = penalty.item()
+            main = main + guided[0] * penalty
+        return main, figures
+
+    def _prediction_loss(self, hidden: torch.Tensor, batch: dict) -> tuple[torch.Tensor, dict]:
+        cfg = self.config
         if cfg.kind == "discrete":
             targets = batch["targets"]  # [B, K, L], -1 = no loss
             total, figures = hidden.new_zeros(()), {}

@@ -53,6 +53,10 @@ class LMTrainConfig:
     # Residual dropout while training: a few hours of speech against a few million parameters memorises the
     # training sentences (held-out CE of the first codebook rose after step 500 in the first run without it).
     dropout: float = 0.0
+    # Guided attention (lm.model.guided_attention_loss) on half the heads of the middle layer: its weight (0 = off)
+    # and the width of the diagonal it asks for.
+    guided_attention: float = 0.0
+    guided_sigma: float = 0.2
     max_target_frames: int = 200  # 16 s; longer utterances are left out
     prompt_seconds: tuple[float, float] = (1.0, 3.0)
     no_prompt_prob: float = 0.1
@@ -209,6 +213,15 @@ class LMTrainer:
             totals["loss"].append(loss.item())
             for k, v in figures.items():
                 totals[k].append(v)
+            if len(self.heldout) > 1:
+                # The same target and prompt with another sentence's phonemes: how much the text helps.
+                j = (i + 7) % len(self.heldout)
+                other = self.heldout[j if j != i else (i + 1) % len(self.heldout)]
+                ids = symbols_to_ids(other.phones, self.model.config.phone_symbols)
+                wrong = training_item(self.model.config, self.prompt_for(u, np.random.default_rng(i)), ids,
+                                      self._tokens(u))
+                wrong_loss, _ = self.model.loss({k: v.to(self.device) for k, v in collate([wrong]).items()})
+                totals["text_gain"].append(wrong_loss.item() - loss.item())
         self.model.train()
         return {f"heldout/{k}": float(np.mean(v)) for k, v in totals.items()}
 
@@ -296,7 +309,7 @@ class LMTrainer:
                 lr *= (self.step - self.rewarm_from + 1) / cfg.warmup_steps
             for group in self.opt.param_groups:
                 group["lr"] = lr
-            loss, figures = self.model.loss(self.batch())
+            loss, figures = self.model.loss(self.batch(), guided=(cfg.guided_attention, cfg.guided_sigma))
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             average_gradients(self.model.parameters(), self.world_size)

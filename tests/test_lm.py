@@ -355,3 +355,30 @@ def test_gpu_burst_command_resumes_an_lm_checkpoint(tmp_path, tiny_corpus):
     assert "resumed at step 4" in result.stdout and "fresh Adam moments" in result.stdout
     state = json.loads((tmp_path / "out" / "checkpoint" / "trainer_state.json").read_text())
     assert state["step"] > 4 and (tmp_path / "out" / "checkpoint" / "MODEL_CARD.md").is_file()
+
+
+def test_guided_attention_rewards_the_diagonal_over_the_prompt():
+    from lm.model import SPEECH, TEXT, guided_attention_loss
+
+    # 2 prompt frames, 4 phonemes, 4 target frames: segments 0 | 1 | 2.
+    kinds = torch.tensor([[SPEECH] * 2 + [TEXT] * 4 + [SPEECH] * 4])
+    segments = torch.tensor([[0] * 2 + [1] * 4 + [2] * 4])
+    diagonal, prompt, reversed_ = (torch.zeros(1, 1, 10, 10) for _ in range(3))
+    for t in range(4):
+        diagonal[0, 0, 6 + t, 2 + t] = 1.0  # target frame t looks at phoneme t
+        reversed_[0, 0, 6 + t, 5 - t] = 1.0
+        prompt[0, 0, 6 + t, 0] = 1.0
+    low, mid, high = (guided_attention_loss(a, kinds, segments, 0.2) for a in (diagonal, reversed_, prompt))
+    assert low < 0.01 and 0.3 < mid < 1.0 and high == 1.0
+    # Through the model: the loss adds the term, its gradient reaches the middle layer, the CE is unchanged.
+    torch.manual_seed(0)
+    model = SpeechLM(tiny())
+    codes = torch.randint(0, 16, (3, 6))
+    batch = collate([training_item(model.config, codes[:, :2], [0, 1, 2, 3], codes)])
+    plain, figures = model.loss(batch)
+    guided, guided_figures = model.loss(batch, guided=(2.0, 0.2))
+    assert "guided" in guided_figures and 0 < guided_figures["guided"] <= 1
+    assert torch.isclose(guided, plain + 2.0 * guided_figures["guided"], atol=1e-5)
+    assert figures["ce_0"] == pytest.approx(guided_figures["ce_0"], abs=1e-5)
+    guided.backward()
+    assert model.blocks[1].attn.qkv.weight.grad.abs().sum() > 0 and model.blocks[1].attn.weights is None
