@@ -74,6 +74,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     bench.register(lm_sub)
 
 
+def check_sampling_args(args: argparse.Namespace) -> None:
+    """--temperature, --top-k and --top-p as `voxtok tts` and `voxtok lm eval` take them."""
+    from codec.errors import VoxtokError
+
+    if not 0 <= args.temperature <= 5 or args.top_k < 0 or not 0 < args.top_p <= 1:
+        raise VoxtokError("--temperature must be in [0, 5], --top-k >= 0, --top-p in (0, 1]")
+
+
 def run_tts(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
@@ -87,8 +95,9 @@ def run_tts(args: argparse.Namespace) -> int:
     check_audio_output(output)
     if not args.text.strip():
         raise VoxtokError("text is empty: there is nothing to say")
-    if not 0 <= args.temperature <= 5 or args.top_k < 0 or not 0 < args.top_p <= 1 or not args.max_seconds > 0:
-        raise VoxtokError("--temperature must be in [0, 5], --top-k >= 0, --top-p in (0, 1], --max-seconds > 0")
+    check_sampling_args(args)
+    if not args.max_seconds > 0:
+        raise VoxtokError("--max-seconds must be > 0")
     lm = load_lm(args.model)
     codec = tokenizer_for(lm, args.tokenizer)
     voice = None
@@ -166,16 +175,14 @@ def run_eval(args: argparse.Namespace) -> int:
         raise VoxtokError("lm eval needs --model (or --compare REPORT.json ...)")
     if args.num < 1 or args.unseen_num < 1 or args.threads < 1:
         raise VoxtokError("--num, --unseen-num and --threads must be at least 1")
-    if not 0 <= args.temperature <= 5 or args.top_k < 0 or not 0 < args.top_p <= 1:
-        raise VoxtokError("--temperature must be in [0, 5], --top-k >= 0, --top-p in (0, 1]")
+    check_sampling_args(args)
     if args.output and (Path(args.output).is_dir() or Path(args.output).suffix.lower() != ".json"):
         raise VoxtokError(f"{args.output}: the report is written as a .json file")  # before minutes of generation
     torch.set_num_threads(args.threads)
     lm = load_lm(args.model)
     sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, flow_steps=args.steps)
     report = evaluate_lm(lm, args.corpus, args.num, tokenizer=tokenizer_for(lm, args.tokenizer), sampling=sampling,
-                         unseen=args.unseen,
-                         unseen_num=args.unseen_num)
+                         unseen=args.unseen, unseen_num=args.unseen_num)
     if args.output:
         write_report(report, args.output)
     print(json.dumps(report["summary"]))

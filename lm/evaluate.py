@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from codec.errors import VoxtokError
-from lm.corpus import Utterance, load_corpus
+from lm.corpus import Source, Utterance, load_corpus
 from lm.generate import Sampling
 from lm.phonemes import symbols_to_ids
 from lm.tts import prompt_tokens, speak
@@ -62,6 +62,8 @@ def evaluate_lm(lm, corpus: str | Path, num: int = 100, tokenizer=None, sampling
         raise VoxtokError(f"{corpus}: tokenised with {meta.get('tokenizer')} config "
                           f"{meta.get('tokenizer_config_hash')}, but the LM reads {lm.config.tokenizer} config "
                           f"{lm.config.tokenizer_config_hash}")
+    # Checked before minutes of generation, not after.
+    unseen_source = Source.parse(unseen, "heldout") if unseen is not None else None
     pairs = heldout_with_prompts(utterances, num)
     if not pairs:
         raise VoxtokError(f"{corpus}: no held-out utterances with a transcript and a voice seen in training")
@@ -90,7 +92,7 @@ def evaluate_lm(lm, corpus: str | Path, num: int = 100, tokenizer=None, sampling
               "summary": summarise(rows), "rows": rows}
     report["bars"] = bars(report["summary"])
     if unseen is not None:
-        report["unseen"] = _unseen_voices(lm, codec, judges, pairs, unseen, unseen_num, base)
+        report["unseen"] = _unseen_voices(lm, codec, judges, pairs, unseen_source, unseen_num, base)
     return report
 
 
@@ -176,30 +178,25 @@ def bars(summary: dict) -> dict:
             for name, (value, test) in checks.items()}
 
 
-def _unseen_voices(lm, codec, judges, pairs, spec: str, num: int, base: Sampling) -> dict:
+def _unseen_voices(lm, codec, judges, pairs, source: Source, num: int, base: Sampling) -> dict:
     """The held-out sentences spoken in voices never heard in training (no ground truth there): one prompt (its
-    first 3 s) per speaker of the manifest folder `spec` (DIR or DIR:SPLIT_FILE)."""
+    first 3 s) per speaker of the manifest folder `source`."""
     from codec.audio import load_audio
     from codec.dataset import read_manifest
 
-    root, _, split_file = spec.partition(":")
-    if not (Path(root) / "manifest.jsonl").is_file():
-        raise VoxtokError(f"{root}: no manifest.jsonl for unseen-voice prompts")
-    if split_file and not Path(split_file).is_file():
-        raise VoxtokError(f"{split_file}: no such split file")
     speakers: set[str] = set()
     entries = []
-    for entry in read_manifest(root, split_file or None):
+    for entry in read_manifest(source.root, source.split_file):
         if entry.get("duration", 0) >= 3.0 and entry.get("speaker") not in speakers:
             speakers.add(entry.get("speaker"))
             entries.append(entry)
     entries = entries[:num]
     if not entries:
-        raise VoxtokError(f"{spec}: no recordings of at least 3 s for unseen-voice prompts")
+        raise VoxtokError(f"{source.root}: no recordings of at least 3 s for unseen-voice prompts")
     rows = []
     for i, entry in enumerate(entries):
         u = pairs[i % len(pairs)][0]
-        voice = load_audio(Path(root) / entry["path"], codec.config.sample_rate)[: 3 * codec.config.sample_rate]
+        voice = load_audio(source.root / entry["path"], codec.config.sample_rate)[: 3 * codec.config.sample_rate]
         prompt = prompt_tokens(lm, codec, voice)
         row = _generate_and_judge(lm, codec, judges, u.text, u.phones, prompt, base, 10_000 + i,
                                   max_frames=2 * u.codes.shape[1] + 10)
@@ -210,7 +207,8 @@ def _unseen_voices(lm, codec, judges, pairs, spec: str, num: int, base: Sampling
     for key in ("ended", "per_gen", "wer_gen", "sim_gen"):
         values = [r[key] for r in rows if r.get(key) is not None]
         summary[key] = round(float(np.mean(values)), 4) if values else None
-    return {"prompts": spec, "summary": summary, "rows": rows}
+    return {"prompts": f"{source.root}" + (f":{source.split_file}" if source.split_file else ""),
+            "summary": summary, "rows": rows}
 
 
 def report_markdown(reports: list[dict]) -> str:

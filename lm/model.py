@@ -294,14 +294,15 @@ class SpeechLM(nn.Module):
         if cfg.kind == "continuous" and self.training and cfg.input_noise:
             batch = dict(batch)
             batch["latents"] = batch["latents"] + cfg.input_noise * torch.randn_like(batch["latents"])
+        guide = guided is not None and guided[0] > 0
         guide_layer = self.blocks[len(self.blocks) // 2].attn
-        guide_layer.keep_weights = bool(guided and guided[0] > 0)
+        guide_layer.keep_weights = guide
         try:
             hidden, _ = self.backbone(self.embed(batch))
         finally:
             guide_layer.keep_weights = False
         main, figures = self._prediction_loss(hidden, batch)
-        if guided and guided[0] > 0:
+        if guide:
             attention, guide_layer.weights = guide_layer.weights, None
             heads = max(1, cfg.heads // 2)
             penalty = guided_attention_loss(attention[:, :heads], batch["kinds"], batch["segments"], guided[1])

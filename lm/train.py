@@ -232,7 +232,6 @@ class LMTrainer:
         from codec.audio import save_audio
         from lm.evaluate import PROMPT_FRAMES, heldout_with_prompts
         from lm.generate import Sampling
-        from lm.phonemes import symbols_to_ids
         from lm.tts import speak, tokenizer_for
 
         pairs = heldout_with_prompts(self.train_set + self.heldout, 1)
