@@ -1,0 +1,43 @@
+"""How much a speech LM reads its text: teacher-forced held-out cross-entropy per codebook with the right phonemes
+and with another held-out sentence's (same prompt, same target), on the first 40 held-out utterances of the
+recipe's corpus. The LM cards' "text gain" rows; the trainer logs the same gap (mean over codebooks, 64
+utterances) as heldout/text_gain.
+
+    python recipes/experiments/lm_text_gain.py recipes/checkpoints/lm_discrete_small [recipes/lm_discrete_small.toml]
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import torch
+
+from lm.model import SpeechLM
+from lm.phonemes import symbols_to_ids
+from lm.sequence import collate, training_item
+from lm.train import LMTrainer, load_lm_recipe
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    table, cfg = load_lm_recipe(sys.argv[2] if len(sys.argv) > 2 else "recipes/lm_discrete_small.toml")
+    cfg.out_dir = "runs/lm_text_gain"
+    trainer = LMTrainer(table, cfg, progress=False)
+    model = SpeechLM.from_pretrained(sys.argv[1]).eval()
+    heldout = trainer.heldout[:40]
+    ce: dict[str, list[list[float]]] = {"right": [], "other": []}
+    with torch.no_grad():
+        for i, u in enumerate(heldout):
+            prompt = trainer.prompt_for(u, np.random.default_rng(i))
+            for kind, phones in (("right", u.phones), ("other", heldout[(i + 7) % len(heldout)].phones)):
+                ids = symbols_to_ids(phones, model.config.phone_symbols)
+                _, figures = model.loss(collate([training_item(model.config, prompt, ids, trainer._tokens(u))]))
+                ce[kind].append([figures[f"ce_{k}"] for k in range(model.config.num_codebooks)])
+    right, other = np.mean(ce["right"], 0), np.mean(ce["other"], 0)
+    print("CE, right phonemes:", np.round(right, 3))
+    print("text gain per codebook:", np.round(other - right, 3), "mean", round(float((other - right).mean()), 4))
+
+
+if __name__ == "__main__":
+    main()
