@@ -3,6 +3,8 @@ configured by its own table, `[terms.NAME]`, so adding one never edits the train
 
     [terms.phone]          # semantic distillation: RVQ-1 predicts the frame's phone
     weight = 1.0
+    positions = 1          # phones per code frame (4 for the 12.5 Hz tokenizer: one per 20 ms)
+    lr = 0.0               # the head's own constant learning rate (0: the codec's schedule)
 
 A term reads a TermInputs (the encoder's latents, the first codebook's quantized output passed straight through
 to the encoder, and the batch's labels) and returns (loss, figures to log). Its own weights (a head) are trained
@@ -25,7 +27,7 @@ from codec.errors import VoxtokError
 class TermInputs:
     latents: torch.Tensor  # [B, dim, T] encoder output
     codebooks: list[torch.Tensor]  # [B, dim, T] per codebook (RVQ-1, RVQ-2), gradient straight through
-    phones: torch.Tensor | None = None  # [B, T] phone index per code frame, -1 where unlabelled
+    phones: torch.Tensor | None = None  # [B, T, positions] phone index per code frame, -1 where unlabelled
     context: torch.Tensor | None = None  # [B, T, H] the text LM's state of the word at each frame
     context_mask: torch.Tensor | None = None  # [B, T] 1 inside an aligned word
     sentence: torch.Tensor | None = None  # [B, H] the utterance's sentence embedding (zeros without text)
@@ -42,9 +44,13 @@ class LossTerm(nn.Module):
     name: str = ""
     needs: frozenset[str] = frozenset()
 
-    def __init__(self, latent_dim: int, weight: float = 1.0):
+    def __init__(self, latent_dim: int, weight: float = 1.0, lr: float = 0.0):
         super().__init__()
-        self.weight = float(weight)
+        if float(lr) < 0:
+            raise ValueError(f"lr must be positive (or 0: the codec's schedule), not {lr}")
+        # The head's own constant learning rate; 0 follows the codec's. A term added to a trained codec starts
+        # its head from scratch while the codec's schedule may be near its floor.
+        self.weight, self.lr = float(weight), float(lr)
 
     def forward(self, inputs: TermInputs) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
@@ -62,26 +68,40 @@ def register(cls: type[LossTerm]) -> type[LossTerm]:
 class PhoneTerm(LossTerm):
     """Semantic distillation without a self-supervised teacher (PAST's recipe): a linear head on the first
     codebook's code vector predicts the frame's forced-aligned phone (framewise cross-entropy, silence a class),
-    so RVQ-1 has to carry the phones."""
+    so RVQ-1 has to carry the phones.
+
+    `positions` > 1 asks each code frame for that many phones, at equal steps inside it (the head predicts
+    positions x phones logits): an 80 ms token of the 12.5 Hz tokenizer spans a phone or more, and the phone at its
+    centre alone would let it drop the short ones at its edges."""
 
     name = "phone"
     needs = frozenset({"phones"})
 
-    def __init__(self, latent_dim: int, weight: float = 1.0):
-        super().__init__(latent_dim, weight)
-        self.head = nn.Conv1d(latent_dim, len(PHONES), 1)
+    def __init__(self, latent_dim: int, weight: float = 1.0, positions: int = 1, lr: float = 0.0):
+        super().__init__(latent_dim, weight, lr)
+        if int(positions) < 1:
+            raise ValueError(f"positions must be 1 or more, not {positions}")
+        self.positions = int(positions)
+        self.head = nn.Conv1d(latent_dim, self.positions * len(PHONES), 1)
 
     def forward(self, inputs: TermInputs) -> tuple[torch.Tensor, dict[str, float]]:
-        labels = inputs.phones
-        logits = self.head(inputs.first_codebook)  # [B, phones, T]
-        frames = min(logits.shape[-1], labels.shape[-1])
-        logits, labels = logits[..., :frames], labels[:, :frames]
+        labels = inputs.phones  # [B, T] or [B, T, positions]
+        if labels.dim() == 2:
+            labels = labels[..., None]
+        if labels.shape[-1] != self.positions:
+            raise VoxtokError(f"[terms.phone] has positions = {self.positions} but the labels have "
+                              f"{labels.shape[-1]} per frame")
+        logits = self.head(inputs.first_codebook)  # [B, positions * phones, T]
+        b, _, t = logits.shape
+        logits = logits.view(b, self.positions, len(PHONES), t).permute(0, 3, 1, 2)  # [B, T, positions, phones]
+        frames = min(t, labels.shape[1])
+        logits, labels = logits[:, :frames], labels[:, :frames]
         known = labels >= 0
         if not bool(known.any()):
             return logits.sum() * 0.0, {"phone_frames": 0.0}
-        loss = F.cross_entropy(logits.transpose(1, 2)[known], labels[known])
+        loss = F.cross_entropy(logits[known], labels[known])
         with torch.no_grad():
-            accuracy = (logits.argmax(1)[known] == labels[known]).float().mean()
+            accuracy = (logits.argmax(-1)[known] == labels[known]).float().mean()
         return loss, {"phone_ce": loss.item(), "phone_accuracy": accuracy.item(),
                       "phone_frames": float(known.sum())}
 
@@ -109,8 +129,8 @@ class ContextTerm(LossTerm):
     needs = frozenset({"context"})
 
     def __init__(self, latent_dim: int, weight: float = 1.0, global_weight: float = 1.0, codebook: int = 1,
-                 hidden: int = 384):
-        super().__init__(latent_dim, weight)
+                 hidden: int = 384, lr: float = 0.0):
+        super().__init__(latent_dim, weight, lr)
         if codebook not in (1, 2):
             raise ValueError(f"codebook must be 1 or 2, not {codebook}")
         self.codebook, self.global_weight = codebook, float(global_weight)
@@ -146,8 +166,8 @@ class TeacherTerm(LossTerm):
     needs = frozenset({"audio"})
 
     def __init__(self, latent_dim: int, model: str = "", weight: float = 1.0, layer: int = -1,
-                 codebook: int = 1):
-        super().__init__(latent_dim, weight)
+                 codebook: int = 1, lr: float = 0.0):
+        super().__init__(latent_dim, weight, lr)
         from pathlib import Path
 
         folder = Path(model)

@@ -42,7 +42,7 @@ class _Clip:
     samples: np.ndarray  # int16
     f0: np.ndarray  # [sub-frames] Hz
     voiced: np.ndarray  # [sub-frames] 0/1
-    phones: np.ndarray | None = None  # [code frames] phone index, -1 unlabelled (only when a term needs phones)
+    phones: np.ndarray | None = None  # [code frames, positions] phone index, -1 unlabelled (when a term needs them)
     context: np.ndarray | None = None  # [code frames, H] float16 word states (only when a term needs them)
     context_mask: np.ndarray | None = None  # [code frames] 1 inside an aligned word
     sentence: np.ndarray | None = None  # [H] sentence embedding
@@ -52,9 +52,9 @@ class FeatureCropSampler:
     """Random crops of whole code frames with their WORLD targets, peak-normalised to a random level."""
 
     def __init__(self, clips: list[_Clip], crop_frames: int, hop: int, subframe: int, seed: int,
-                 gain_db: tuple[float, float] = (-18.0, 0.0), context_dim: int = 0):
+                 gain_db: tuple[float, float] = (-18.0, 0.0), context_dim: int = 0, phone_positions: int = 1):
         self.clips = clips
-        self.context_dim = context_dim
+        self.context_dim, self.phone_positions = context_dim, phone_positions
         self.crop_frames, self.hop, self.subframe = crop_frames, hop, subframe
         lengths = np.array([len(c.samples) for c in clips], dtype=np.float64)
         self.p = lengths / lengths.sum()
@@ -78,7 +78,7 @@ class FeatureCropSampler:
             n = max(0, min(sub, len(clip.f0) - first, len(piece) // self.subframe))
             f0[:n], voiced[:n], mask[:n] = clip.f0[first:first + n], clip.voiced[first:first + n], 1.0
             first_frame = start // self.hop
-            phones = np.full(self.crop_frames, -1, dtype=np.int64)
+            phones = np.full((self.crop_frames, self.phone_positions), -1, dtype=np.int64)
             if clip.phones is not None:
                 labels = clip.phones[first_frame:first_frame + self.crop_frames]
                 phones[: len(labels)] = labels
@@ -134,7 +134,9 @@ class HarmonicTrainer(Trainer):
         self.analysis = SynthAnalysis(model_cfg.sample_rate, model_cfg.window, model_cfg.subframe,
                                       model_cfg.bands).to(self.device)
         self.terms = build_terms(cfg.terms, model_cfg.latent_dim).to(self.device)
-        self.opt_terms = torch.optim.AdamW(self.terms.parameters(), lr=cfg.lr, betas=cfg.betas,
+        # One parameter group per term, so a term's head can run at its own learning rate ([terms.NAME] lr).
+        groups = [{"params": list(term.parameters()), "term_lr": term.lr} for term in self.terms.values()]
+        self.opt_terms = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas,
                                            weight_decay=cfg.weight_decay) if len(self.terms) else None
         self._text_model = None  # the context term's text encoder, made only when a target must be computed
 
@@ -160,7 +162,7 @@ class HarmonicTrainer(Trainer):
         crop_frames = max(1, int(round(cfg.crop_seconds * mcfg.frame_rate)))
         context_dim = next((c.context.shape[1] for c in clips if c.context is not None), 0)
         self.sampler = FeatureCropSampler(clips, crop_frames, mcfg.hop_length, mcfg.subframe, seed=self.data_seed(),
-                                          context_dim=context_dim)
+                                          context_dim=context_dim, phone_positions=self.phone_positions)
         dev_rows = read_manifest(cfg.real_root, cfg.dev_split)
         stride = max(1, len(dev_rows) // max(1, cfg.eval_files))
         self.dev_rows = dev_rows[::stride][: cfg.eval_files]
@@ -183,7 +185,8 @@ class HarmonicTrainer(Trainer):
         frames = -(-len(samples) // mcfg.hop_length)
         frame_ms = 1000.0 / mcfg.frame_rate
         if phones:
-            clip.phones = code_frame_labels(alignment.phones, frames, frame_ms)
+            per = self.phone_positions
+            clip.phones = code_frame_labels(alignment.phones, frames * per, frame_ms / per).reshape(frames, per)
         if context:
             from codec.data.context import cached_text_states, frame_targets
 
@@ -191,6 +194,12 @@ class HarmonicTrainer(Trainer):
             states = cached_text_states(row["path"], words, self.cfg.context_cache, self._text_encoder)
             targets, mask = frame_targets(alignment.words, states, frames, frame_ms)
             clip.context, clip.context_mask, clip.sentence = targets.astype(np.float16), mask, states.sentence
+
+    @property
+    def phone_positions(self) -> int:
+        """Phone labels per code frame: as many as the phone term asks for (codec.distill.PhoneTerm)."""
+        return max((getattr(term, "positions", 1) for term in self.terms.values() if "phones" in term.needs),
+                   default=1)
 
     def _text_encoder(self):
         if self._text_model is None:
@@ -235,9 +244,19 @@ class HarmonicTrainer(Trainer):
             tensors = load_file(str(tensors_path), device=str(self.device)) if tensors_path.is_file() else {}
             scalars = json.loads((directory / "terms_optimizer.json").read_text())
             restore_optimizer(self.opt_terms, "t", tensors, scalars)
+            for group, term in zip(self.opt_terms.param_groups, self.terms.values()):
+                group["term_lr"] = term.lr  # the recipe's, not the checkpoint's
         except (RuntimeError, KeyError, ValueError, FileNotFoundError):
             print(f"terms {', '.join(self.terms)}: the checkpoint's term heads do not fit this recipe; "
                   "starting fresh")
+
+    def set_term_lr(self, lr: float) -> None:
+        """The term heads' learning rates this step: each term's own `lr` where its table sets one, else the
+        codec's (lr, this step's schedule)."""
+        if self.opt_terms is not None:
+            self.opt_terms.zero_grad(set_to_none=True)
+            for group in self.opt_terms.param_groups:
+                group["lr"] = group.get("term_lr") or lr
 
     def batch(self) -> torch.Tensor:
         """Audio only (the quantizer's k-means initialisation asks for this)."""
@@ -272,10 +291,7 @@ class HarmonicTrainer(Trainer):
             synth_mel = self.synth_mel_loss(raw, audio.shape[-1], target_mel, frame_mask)
             loss = loss + cfg.synth_mel_weight * synth_mel
             stats["synth_mel"] = synth_mel.item()
-        if self.opt_terms is not None:
-            self.opt_terms.zero_grad(set_to_none=True)
-            for group in self.opt_terms.param_groups:
-                group["lr"] = lr
+        self.set_term_lr(lr)
         parameters = list(self.model.parameters()) + list(self.terms.parameters())
         grad_norm = self.optimizer_step(self.opt_g, loss, parameters)
         if self.opt_terms is not None:

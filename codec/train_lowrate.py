@@ -145,9 +145,7 @@ class LowRateTrainer(HarmonicTrainer):
                 term_loss, figures_k = term(inputs)
                 loss = loss + term.weight * term_loss
                 term_figures.update(figures_k)
-            self.opt_terms.zero_grad(set_to_none=True)
-            for group in self.opt_terms.param_groups:
-                group["lr"] = lr
+            self.set_term_lr(lr)
         grad_norm = self.optimizer_step(self.opt_g, loss, list(model.parameters()) + list(self.terms.parameters()))
         if self.opt_terms is not None:
             self.opt_terms.step()

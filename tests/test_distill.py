@@ -52,6 +52,34 @@ def test_terms_are_registered_and_checked():
         build_terms({"phone": {"wieght": 1.0}}, 8)
 
 
+def test_phone_term_with_positions_reads_one_label_per_position():
+    """positions = 4: each frame predicts 4 phones; a head that knows them scores near zero cross-entropy, the
+    same head against shuffled positions scores high, and unlabelled (-1) positions do not count."""
+    from codec.data.align import PHONES
+
+    torch.manual_seed(0)
+    term = build_terms({"phone": {"positions": 4}}, latent_dim=len(PHONES) * 4)["phone"]
+    with torch.no_grad():
+        term.head.weight.copy_(torch.eye(len(PHONES) * 4)[..., None] * 50)
+        term.head.bias.zero_()
+    labels = torch.randint(0, len(PHONES), (2, 6, 4))
+    # One-hot code vectors laid out as the head's [positions, phones] channels.
+    onehot = torch.nn.functional.one_hot(labels, len(PHONES)).float()  # [B, T, 4, P]
+    vectors = onehot.reshape(2, 6, -1).transpose(1, 2)
+    right, figures = term(TermInputs(vectors, [vectors], phones=labels))
+    assert float(right) < 1e-3 and figures["phone_accuracy"] == 1.0 and figures["phone_frames"] == 48
+    wrong, _ = term(TermInputs(vectors, [vectors], phones=labels.roll(1, dims=2)))
+    assert float(wrong) > 10
+    partly = labels.clone()
+    partly[:, :, 1:] = -1
+    _, figures = term(TermInputs(vectors, [vectors], phones=partly))
+    assert figures["phone_frames"] == 12
+    with pytest.raises(VoxtokError, match="positions = 4"):
+        term(TermInputs(vectors, [vectors], phones=labels[..., 0]))
+    with pytest.raises(VoxtokError, match="positions"):
+        build_terms({"phone": {"positions": 0}}, 8)
+
+
 def make_tiny_text_encoder(folder: Path, hidden: int = 32) -> Path:
     """A random 2-layer BERT with a word-level vocabulary, saved as a local folder (what a user's would be)."""
     transformers = pytest.importorskip("transformers")

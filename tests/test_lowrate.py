@@ -253,8 +253,9 @@ def test_onnx_export_streams_like_pytorch(tmp_path, tiny_lowrate):
 
 
 def test_phone_term_on_the_latent_mean(tmp_path, real_root):
-    """[terms.phone] in a 12.5 Hz recipe: a linear head on the normalised latent mean learns the phone of each
-    80 ms token (forced-aligned on three real transcribed clips): its cross-entropy falls."""
+    """[terms.phone] in a 12.5 Hz recipe: a linear head on the normalised latent mean learns the phones of each
+    80 ms token, one per 20 ms (positions = 4, forced-aligned on three real transcribed clips): its cross-entropy
+    falls, and the batches carry 4 labels per token."""
     from codec.audio import load_audio
     from codec.eval.runner import read_manifest
     from codec.train import load_recipe
@@ -263,12 +264,18 @@ def test_phone_term_on_the_latent_mean(tmp_path, real_root):
     pytest.importorskip("pocketsphinx")
     rows = [e for e in read_manifest(real_root) if e.text and e.path.startswith("speechocean762/")][:3]
     clips = [(load_audio(real_root / e.path, SR), e.text) for e in rows]
-    recipe = _tiny_recipe(tmp_path, 120, clips, "[terms.phone]\nweight = 1.0", config=tiny_lowrate_config())
+    recipe = _tiny_recipe(tmp_path, 120, clips, "[terms.phone]\nweight = 1.0\npositions = 4\nlr = 3e-3",
+                          config=tiny_lowrate_config())
     # 80 ms tokens carry 4x fewer labels than v2's frames: bigger batches of longer crops.
     recipe.write_text(recipe.read_text().replace("batch_size = 4", "batch_size = 16")
                       .replace("crop_seconds = 0.5", "crop_seconds = 1.0"))
     model_cfg, train_cfg = load_recipe(recipe)
     trainer = LowRateTrainer(model_cfg, train_cfg, progress=False)
+    trainer.build_data()
+    phones = trainer.next_batch()[4]
+    assert phones.shape[-1] == 4 and (phones >= 0).any()
+    # Within a token the 4 labels are not all copies of one: the positions see the phone changes.
+    assert (phones[..., 0] != phones[..., 3]).any()
     trainer.train(120)
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     ce = [r["phone_ce"] for r in log if "phone_ce" in r]
@@ -277,3 +284,5 @@ def test_phone_term_on_the_latent_mean(tmp_path, real_root):
     assert len(ce) >= 20 and np.mean(ce[-5:]) < np.mean(ce[:5]) - 0.3
     assert np.mean(accuracy[-5:]) > np.mean(accuracy[:5])
     assert (tmp_path / "run" / "checkpoint" / "terms.safetensors").is_file()
+    # The head ran at its own learning rate, not the codec's schedule.
+    assert trainer.opt_terms.param_groups[0]["lr"] == 3e-3 != trainer.opt_g.param_groups[0]["lr"]
