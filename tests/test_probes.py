@@ -61,3 +61,39 @@ def test_report_on_real_transcribed_speech(real_root, tmp_path, codec_model):
     # Eight files are too few for the held-out figure to mean much; the probe must at least fit its own data.
     assert 0.0 <= report["probe_accuracy"] <= 1.0 and report["probe_train_accuracy"] > report["probe_majority"]
     assert "sentence_retrieval" in report  # None here: the first dev files are one-word digit recordings
+
+
+def test_token_frames_probe_the_12hz_tokens_per_20ms():
+    """The 12.5 Hz tokenizer is probed at 4 positions per 80 ms token: one frame per 20 ms with the phone at its
+    centre, the token's latent in the block of its position (zeros elsewhere), silence left out; with quantized,
+    the FSQ twin's level centroids."""
+    import torch
+    from test_lowrate import tiny_lowrate_config
+
+    from codec.eval.probes import token_frames
+    from codec.lowrate import LowRateCodec
+    from test_harmonic_codec import voiced_signal
+
+    torch.manual_seed(0)
+    model = LowRateCodec(tiny_lowrate_config()).eval()
+    audio = voiced_signal(0.96, 150).astype(np.float32)  # 12 tokens, 48 positions
+    model.quantizer.initialize(model.encoder(torch.from_numpy(audio)[None, None]))
+    labels = np.repeat(np.arange(96) % 5, 1)  # 10 ms labels, phone 0 (silence) every fifth
+    frames = token_frames(model, [(audio, labels)])
+    expected = code_frame_labels(labels, 48, 20.0)
+    assert np.array_equal(frames.phones, expected[expected > 0]) and frames.files == 1
+    dim = model.config.latent_dim
+    assert frames.vectors.shape == (int((expected > 0).sum()), 4 * dim)
+    with torch.no_grad():
+        z = model.encode_latents(torch.from_numpy(audio)[None, None])[0].T.double().numpy()
+    kept = np.flatnonzero(expected > 0)
+    for row, k in zip(frames.vectors, kept):
+        token, position = divmod(int(k), 4)
+        block = row.reshape(4, dim)
+        assert np.allclose(block[position], z[token]) and not np.delete(block, position, 0).any()
+    fsq = token_frames(model, [(audio, labels)], quantized=True)
+    with torch.no_grad():
+        centroids = model.quantizer.decode(model.quantizer.codes_of_normalised(torch.from_numpy(z.T)[None].float()))
+    assert np.allclose(fsq.vectors[0].reshape(4, dim)[kept[0] % 4], centroids[0, :, kept[0] // 4].numpy(),
+                       atol=1e-5)
+    assert not np.allclose(fsq.vectors, frames.vectors)

@@ -13,6 +13,8 @@
     python -m codec.eval.probes ../shared/data/real --train-split train --test-split dev [--model NAME]
 
 Labels come from codec.data.align (pocketsphinx, cached); a code frame k (20 ms) takes the phone at its centre.
+The 12.5 Hz tokenizer is probed per 20 ms too, each 80 ms token at 4 positions (token_frames), on its continuous
+tokens (add --quantized for the FSQ twin's).
 """
 
 from __future__ import annotations
@@ -38,9 +40,11 @@ class FrameSet:
 
 
 @torch.no_grad()
-def first_codebook_frames(model, items: list[tuple[np.ndarray, np.ndarray]]) -> FrameSet:
+def first_codebook_frames(model, items: list[tuple[np.ndarray, np.ndarray]], quantized: bool = False) -> FrameSet:
     """items: (16 kHz audio, 10 ms phone labels) -> the speech frames' RVQ-1 codes, code vectors and phones;
-    FrameSet.pooled holds each item's mean speech-frame vector."""
+    FrameSet.pooled holds each item's mean speech-frame vector. The 12.5 Hz tokenizer goes to token_frames."""
+    if hasattr(model, "encode_latents"):
+        return token_frames(model, items, quantized=quantized)
     codes, vectors, phones, pooled = [], [], [], []
     dtype = model.encoder_dtype
     frame_ms = 1000.0 / model.config.frame_rate
@@ -54,6 +58,37 @@ def first_codebook_frames(model, items: list[tuple[np.ndarray, np.ndarray]]) -> 
         vectors.append(vec[keep])
         phones.append(lab[keep])
         pooled.append(vec[keep].mean(0) if keep.any() else vec.mean(0))
+    return FrameSet(np.concatenate(codes), np.concatenate(vectors), np.concatenate(phones), len(items),
+                    np.stack(pooled))
+
+
+@torch.no_grad()
+def token_frames(model, items: list[tuple[np.ndarray, np.ndarray]], positions: int = 4,
+                 quantized: bool = False) -> FrameSet:
+    """The 12.5 Hz tokenizer's probe frames: one per 20 ms, so its figures sit beside codec v2's 20 ms frames.
+    An 80 ms token is probed at `positions` equal steps: the phone at each step's centre, from the token's
+    normalised latent (the continuous LM's input; with `quantized`, its FSQ twin, the discrete LM's) laid out as
+    kron(one-hot(position), latent), so the linear probe is one linear map per position, as the phone term's head
+    is. Codes (for PNMI) are the FSQ code of the first group of dimensions, 625 entries, about RVQ-1's size."""
+    codes, vectors, phones, pooled = [], [], [], []
+    frame_ms = 1000.0 / model.config.frame_rate
+    eye = np.eye(positions)
+    for samples, labels in items:
+        wav = torch.from_numpy(np.asarray(samples, dtype=np.float32)).to(model.encoder_dtype)[None, None]
+        z = model.encode_latents(wav)
+        token_codes = model.quantizer.codes_of_normalised(z)[0, 0].numpy()  # [T]
+        if quantized:
+            z = model.quantizer.decode(model.quantizer.codes_of_normalised(z))
+        vec = z[0].T.double().numpy()  # [T, dim]
+        t = vec.shape[0]
+        lab = code_frame_labels(labels, t * positions, frame_ms / positions)  # [T * positions]
+        keep = lab > 0
+        features = np.einsum("pq,td->tpqd", eye, vec).reshape(t * positions, positions * vec.shape[1])
+        codes.append(np.repeat(token_codes, positions)[keep])
+        vectors.append(features[keep])
+        phones.append(lab[keep])
+        speech = np.repeat(vec, positions, axis=0)[keep]
+        pooled.append(speech.mean(0) if keep.any() else vec.mean(0))
     return FrameSet(np.concatenate(codes), np.concatenate(vectors), np.concatenate(phones), len(items),
                     np.stack(pooled))
 
@@ -157,9 +192,10 @@ def speaker_probe(pooled: np.ndarray, speakers: list[str | None], steps: int = 3
             "speakers": len(ids), "speaker_chance": 1.0 / len(ids)}
 
 
-def probe_report(model, train_items: list[Labelled], test_items: list[Labelled], sentences: int = 100) -> dict:
-    train = first_codebook_frames(model, [(x.samples, x.phones) for x in train_items])
-    test = first_codebook_frames(model, [(x.samples, x.phones) for x in test_items])
+def probe_report(model, train_items: list[Labelled], test_items: list[Labelled], sentences: int = 100,
+                 quantized: bool = False) -> dict:
+    train = first_codebook_frames(model, [(x.samples, x.phones) for x in train_items], quantized)
+    test = first_codebook_frames(model, [(x.samples, x.phones) for x in test_items], quantized)
     report = {"pnmi_train": pnmi(train.codes, train.phones), "pnmi_test": pnmi(test.codes, test.phones),
               **{f"probe_{k}": v for k, v in
                  linear_probe(train.vectors, train.phones, test.vectors, test.phones).items()},
@@ -208,6 +244,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--heldout", default=None,
                         help="a corpus of held-out voices and sentences added to the test files (and first among "
                              "the retrieval sentences), e.g. `voxtok synth data/synth_heldout --split dev --num 108`")
+    parser.add_argument("--quantized", action="store_true",
+                        help="12.5 Hz tokenizer: probe the FSQ twin's latents (the discrete LM's input), not the "
+                             "continuous tokens")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     model = load_codec(args.model)
@@ -215,8 +254,11 @@ def main(argv: list[str] | None = None) -> None:
     test = labelled_items(root, args.test_split, args.cache, args.limit)
     if args.heldout:
         test = labelled_items(Path(args.heldout), None, args.cache + "-heldout") + test
-    report = probe_report(model, labelled_items(root, args.train_split, args.cache, args.limit), test)
-    report["model"] = model.model_id
+    if args.quantized and not hasattr(model, "encode_latents"):
+        raise SystemExit(f"error: --quantized is for the 12.5 Hz tokenizer, not {model.model_id}")
+    report = probe_report(model, labelled_items(root, args.train_split, args.cache, args.limit), test,
+                          quantized=args.quantized)
+    report["model"] = model.model_id + (" (FSQ)" if args.quantized else "")
     print(json.dumps(report, indent=1))
 
 
