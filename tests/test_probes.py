@@ -68,11 +68,11 @@ def test_token_frames_probe_the_12hz_tokens_per_20ms():
     centre, the token's latent in the block of its position (zeros elsewhere), silence left out; with quantized,
     the FSQ twin's level centroids."""
     import torch
+    from test_harmonic_codec import voiced_signal
     from test_lowrate import tiny_lowrate_config
 
     from codec.eval.probes import token_frames
     from codec.lowrate import LowRateCodec
-    from test_harmonic_codec import voiced_signal
 
     torch.manual_seed(0)
     model = LowRateCodec(tiny_lowrate_config()).eval()
