@@ -3,7 +3,7 @@
 # side (one thread each): "phone" (recipes/lowrate_12hz_phone.toml) and "control" (the same recipe with its
 # [terms.phone] table removed, so the arms differ by the term alone). Then decode the dev split through both
 # arms' regression decoders, continuous and FSQ tokens, and score them with hama PER / dPER, PESQ-WB, STOI,
-# log-mel and pitch (`voxtok eval`, one run per arm, side by side).
+# log-mel and pitch (`voxtok eval`, one run per arm, side by side), and probe the tokens (codec.eval.probes).
 #   bash recipes/lowrate_phone_ab.sh [START_CHECKPOINT] [STEPS]   (default: recipes/checkpoints/lowrate_12hz, 800)
 # Needs the WORLD targets and the alignments of the train split (python -m codec.data.pitch / codec.data.align
 # ../shared/data/real --split train).
@@ -42,8 +42,17 @@ for arm in control phone; do
       --json "$OUT/$arm/eval.json" --markdown "$OUT/$arm/eval.md" > "$OUT/$arm/eval.log" 2>&1 &
 done
 wait
+# What the tokens hold, per 20 ms (codec.eval.probes: PNMI, a linear phone probe on held-out speakers and voices).
+for arm in control phone; do
+  for kind in cont fsq; do
+    "$PYTHON" -m codec.eval.probes ../shared/data/real --model "$OUT/$arm/checkpoint" --heldout data/synth_heldout \
+      $([ $kind = fsq ] && echo --quantized) > "$OUT/$arm/probes_$kind.json" 2> "$OUT/$arm/probes_$kind.log" &
+  done
+  wait
+done
 for arm in control phone; do
   echo "== $arm: steps $at -> $target"
   grep "phone_ce" "$OUT/$arm/log.jsonl" 2>/dev/null | tail -1 || true
   cat "$OUT/$arm/eval.md"
+  grep -h '"probe_accuracy"\|"pnmi_test"' "$OUT/$arm/probes_cont.json" "$OUT/$arm/probes_fsq.json"
 done

@@ -3,7 +3,7 @@
     python recipes/pack_checkpoint.py runs/codec_16k recipes/checkpoints/codec_16k
 
 Keeps the model (fp16, except the codebooks and their EMA statistics, which stay fp32 because k-means/EMA
-updates are sensitive to rounding), the discriminators, config.json and the step; drops the optimizer state
+updates are sensitive to rounding), the discriminators, the [terms.*] heads, config.json and the step; drops the optimizer state
 (twice the model's size: a resume re-warms the learning rate with fresh Adam moments). The training log is
 the earlier packed checkpoint's history followed by the run's own entries, up to the packed step.
 """
@@ -41,8 +41,10 @@ def pack(run_dir: Path, out_dir: Path) -> int:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file(half_weights(load_file(str(ckpt / "model.safetensors"))), str(tmp / "model.safetensors"))
-    if (ckpt / "discriminators.safetensors").is_file():
-        shutil.copy2(ckpt / "discriminators.safetensors", tmp / "discriminators.safetensors")
+    # The discriminators and the auxiliary terms' heads ([terms.*]) resume with the model; their optimizers do not.
+    for extra in ("discriminators.safetensors", "terms.safetensors"):
+        if (ckpt / extra).is_file():
+            shutil.copy2(ckpt / extra, tmp / extra)
     shutil.copy2(ckpt / "config.json", tmp / "config.json")
     state.pop("optimizers", None)
     (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
