@@ -5,8 +5,7 @@
 Keeps the model (fp16, except the codebooks and their EMA statistics, which stay fp32 because k-means/EMA
 updates are sensitive to rounding), the discriminators, the [terms.*] heads, config.json and the step; drops the
 optimizer state (twice the model's size: a resume re-warms the learning rate with fresh Adam moments). The
-training log is
-the earlier packed checkpoint's history followed by the run's own entries, up to the packed step.
+training log is the earlier packed checkpoint's history followed by the run's own entries, up to the packed step.
 """
 
 from __future__ import annotations
