@@ -17,7 +17,6 @@ import math
 import os
 import shutil
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from codec.losses import (
     generator_adversarial_loss,
 )
 from codec.model import model_class_for
+from codec.recipe import read_recipe_tables
 
 
 @dataclass
@@ -77,7 +77,7 @@ class TrainConfig:
 def load_recipe(path: str | Path) -> tuple[CodecConfig, TrainConfig]:
     """A TOML recipe -> (model config, train config); `architecture = "harmonic"` in [model] selects the v2
     codec and its regression training (codec.train_harmonic)."""
-    recipe = tomllib.loads(Path(path).read_text())
+    recipe = read_recipe_tables(path)
     try:
         model_cfg = config_from_dict(recipe.get("model", {}))
     except (ValueError, TypeError) as exc:

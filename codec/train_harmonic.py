@@ -240,15 +240,22 @@ class HarmonicTrainer(Trainer):
             return
         try:
             self.terms.load_state_dict(load_file(str(weights), device=str(self.device)))
-            tensors_path = directory / "terms_optimizer.safetensors"
-            tensors = load_file(str(tensors_path), device=str(self.device)) if tensors_path.is_file() else {}
-            scalars = json.loads((directory / "terms_optimizer.json").read_text())
-            restore_optimizer(self.opt_terms, "t", tensors, scalars)
-            for group, term in zip(self.opt_terms.param_groups, self.terms.values()):
-                group["term_lr"] = term.lr  # the recipe's, not the checkpoint's
-        except (RuntimeError, KeyError, ValueError, FileNotFoundError):
+        except (RuntimeError, KeyError, ValueError):
             print(f"terms {', '.join(self.terms)}: the checkpoint's term heads do not fit this recipe; "
                   "starting fresh")
+            return
+        scalars_path = directory / "terms_optimizer.json"
+        if not scalars_path.is_file():  # a packed checkpoint keeps the heads, not their Adam moments
+            print(f"terms {', '.join(self.terms)}: heads resumed, fresh optimizer state")
+            return
+        try:
+            tensors_path = directory / "terms_optimizer.safetensors"
+            tensors = load_file(str(tensors_path), device=str(self.device)) if tensors_path.is_file() else {}
+            restore_optimizer(self.opt_terms, "t", tensors, json.loads(scalars_path.read_text()))
+        except (RuntimeError, KeyError, ValueError):
+            print(f"terms {', '.join(self.terms)}: heads resumed; their optimizer state does not fit, fresh")
+        for group, term in zip(self.opt_terms.param_groups, self.terms.values()):
+            group["term_lr"] = term.lr  # the recipe's, not the checkpoint's
 
     def set_term_lr(self, lr: float) -> None:
         """The term heads' learning rates this step: each term's own `lr` where its table sets one, else the

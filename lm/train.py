@@ -20,7 +20,6 @@ import math
 import os
 import shutil
 import time
-import tomllib
 from collections import defaultdict
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -31,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from codec.errors import VoxtokError
+from codec.recipe import read_recipe_tables
 from codec.train import agree, average_gradients, barrier
 from lm.corpus import Utterance, load_corpus
 from lm.model import SpeechLM, SpeechLMConfig
@@ -73,7 +73,7 @@ class LMTrainConfig:
 
 def load_lm_recipe(path: str | Path) -> tuple[dict, LMTrainConfig]:
     """A TOML recipe -> ([model] table, train config); the model table is completed from the corpus."""
-    recipe = tomllib.loads(Path(path).read_text())
+    recipe = read_recipe_tables(path)
     flat = dict(recipe.get("train", {}))
     known = {f.name for f in fields(LMTrainConfig)}
     unknown = set(flat) - known

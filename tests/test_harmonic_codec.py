@@ -322,6 +322,14 @@ def test_phone_term_teaches_the_first_codebook_phones_and_resumes(tmp_path, real
     assert resumed.load_checkpoint()
     for name, tensor in trainer.terms.state_dict().items():
         assert torch.equal(resumed.terms.state_dict()[name], tensor)
+    # A packed checkpoint (recipes/pack_checkpoint.py) keeps the heads but not their Adam moments: heads resumed.
+    for name in ("terms_optimizer.json", "terms_optimizer.safetensors"):
+        (tmp_path / "run" / "checkpoint" / name).unlink(missing_ok=True)
+    packed = HarmonicTrainer(model_cfg, train_cfg, progress=False)
+    assert packed.load_checkpoint()
+    for name, tensor in trainer.terms.state_dict().items():
+        assert torch.equal(packed.terms.state_dict()[name], tensor)
+    assert packed.opt_terms.param_groups[0]["term_lr"] == packed.terms["phone"].lr
     with pytest.raises(VoxtokError, match="unknown training term"):
         build_terms({"telepathy": {}}, 8)
 

@@ -82,6 +82,26 @@ def test_bad_recipe_is_refused(tmp_path):
         load_recipe(bad)
 
 
+def test_recipe_base_is_overlaid(tmp_path):
+    """`base = "..."`: the base's tables first, this recipe's keys over them, key by key (terms too); a loop of
+    bases and a missing base are refused with one clear error."""
+    from codec.errors import VoxtokError
+
+    model_cfg, cfg = load_recipe(REPO / "recipes" / "lowrate_12hz_phone_long.toml")
+    _, base_cfg = load_recipe(REPO / "recipes" / "lowrate_12hz_phone.toml")
+    assert cfg.steps == 6000 != base_cfg.steps and cfg.out_dir != base_cfg.out_dir
+    phone, base_phone = cfg.terms["phone"], base_cfg.terms["phone"]
+    assert phone["weight"] == 2.0 != base_phone["weight"] and phone["positions"] == base_phone["positions"]
+    assert cfg.batch_size == base_cfg.batch_size and cfg.mel_weight == base_cfg.mel_weight
+    (tmp_path / "a.toml").write_text('base = "b.toml"\n[train]\nbatch_size = 2\n')
+    (tmp_path / "b.toml").write_text('base = "a.toml"\n')
+    with pytest.raises(VoxtokError, match="loop"):
+        load_recipe(tmp_path / "a.toml")
+    (tmp_path / "c.toml").write_text('base = "missing.toml"\n')
+    with pytest.raises(VoxtokError, match="recipe not found"):
+        load_recipe(tmp_path / "c.toml")
+
+
 def test_resume_from_committed_checkpoint_without_optimizer(tmp_path, real_root):
     trainer = tiny_trainer(tmp_path, real_root, steps=2, adversarial_start=100)
     trainer.train()
