@@ -111,6 +111,19 @@ class VoxtokCodec(nn.Module):
     def model_id(self) -> str:
         return self.config.name
 
+    def weights_hash(self) -> str:
+        """Short hash of the weights as fp16 (so a fp16 export and its fp32 checkpoint agree): what config_hash
+        cannot tell apart, a fine-tune of the same architecture, whose codes mean something else."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.state_dict().items()):
+            if name.endswith(TRAINING_ONLY_BUFFERS) or not tensor.is_floating_point():
+                continue
+            digest.update(name.encode())
+            digest.update(tensor.detach().to("cpu", torch.float16).contiguous().numpy().tobytes())
+        return digest.hexdigest()[:12]
+
     @property
     def sample_rate(self) -> int:
         return self.config.sample_rate

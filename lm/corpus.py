@@ -119,7 +119,10 @@ def build_corpus(out_dir: str | Path, sources: list[Source], tokenizer: str | No
         raise VoxtokError("no utterance could be tokenised: the corpus would be empty")
     lines = "".join(json.dumps(u, ensure_ascii=False) + "\n" for u in utterances)
     atomic_write(out / "utterances.jsonl", lambda tmp: Path(tmp).write_text(lines, encoding="utf-8"))
-    meta = {"tokenizer": model.model_id, "tokenizer_config_hash": cfg.config_hash(), "frame_rate": cfg.frame_rate,
+    meta = {"tokenizer": model.model_id, "tokenizer_config_hash": cfg.config_hash(),
+            "tokenizer_weights_hash": model.weights_hash(),
+            "tokenizer_source": str(tokenizer) if tokenizer and Path(tokenizer).is_dir() else "",
+            "frame_rate": cfg.frame_rate,
             "num_codebooks": cfg.num_quantizers, "codebook_size": cfg.codebook_size, "latent_dim": cfg.latent_dim,
             "symbols": sorted(symbols), "shards": shard_names, "utterances": len(utterances),
             "hours": round(sum(u["frames"] for u in utterances) / cfg.frame_rate / 3600, 3),

@@ -62,6 +62,10 @@ def evaluate_lm(lm, corpus: str | Path, num: int = 100, tokenizer=None, sampling
         raise VoxtokError(f"{corpus}: tokenised with {meta.get('tokenizer')} config "
                           f"{meta.get('tokenizer_config_hash')}, but the LM reads {lm.config.tokenizer} config "
                           f"{lm.config.tokenizer_config_hash}")
+    corpus_weights = meta.get("tokenizer_weights_hash", "")
+    if corpus_weights and lm.config.tokenizer_weights_hash and corpus_weights != lm.config.tokenizer_weights_hash:
+        raise VoxtokError(f"{corpus}: tokenised with other weights of {meta.get('tokenizer')} "
+                          f"({corpus_weights}) than the LM read ({lm.config.tokenizer_weights_hash})")
     # Checked before minutes of generation, not after.
     unseen_source = Source.parse(unseen, "heldout") if unseen is not None else None
     pairs = heldout_with_prompts(utterances, num)

@@ -36,6 +36,10 @@ class SpeechLMConfig:
     kind: str = "discrete"
     tokenizer: str = "voxtok-16k-12hz"  # the model id whose tokens this LM reads
     tokenizer_config_hash: str = ""
+    # Its weights (VoxtokCodec.weights_hash; "" in LMs made before it was recorded) and the folder it was loaded
+    # from when not a shipped name: a fine-tuned tokenizer has the shipped one's name and config.
+    tokenizer_weights_hash: str = ""
+    tokenizer_source: str = ""
     frame_rate: float = 12.5
     num_codebooks: int = 8
     codebook_size: int = 625

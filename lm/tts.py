@@ -43,11 +43,20 @@ def load_lm(name_or_path: str | Path | None = None, device: str = "cpu") -> Spee
 def tokenizer_for(lm: SpeechLM, tokenizer: str | Path | None = None):
     from codec.compress import load_codec
 
-    model = load_codec(tokenizer or lm.config.tokenizer)
-    if model.config.config_hash() != lm.config.tokenizer_config_hash:
-        raise VoxtokError(f"the LM was trained on tokenizer {lm.config.tokenizer} (config "
-                          f"{lm.config.tokenizer_config_hash}); {model.model_id} has config "
+    cfg = lm.config
+    if tokenizer is None:  # the folder the LM's corpus was tokenised with, where it is at hand; else the name
+        tokenizer = cfg.tokenizer_source if cfg.tokenizer_source and Path(cfg.tokenizer_source).is_dir() \
+            else cfg.tokenizer
+    model = load_codec(tokenizer)
+    if model.config.config_hash() != cfg.tokenizer_config_hash:
+        raise VoxtokError(f"the LM was trained on tokenizer {cfg.tokenizer} (config "
+                          f"{cfg.tokenizer_config_hash}); {model.model_id} has config "
                           f"{model.config.config_hash()}")
+    if cfg.tokenizer_weights_hash and model.weights_hash() != cfg.tokenizer_weights_hash:
+        where = f" (it was read from {cfg.tokenizer_source})" if cfg.tokenizer_source else ""
+        raise VoxtokError(f"the LM was trained on other weights of tokenizer {cfg.tokenizer}{where}: "
+                          f"{tokenizer} has weights {model.weights_hash()}, the LM's are "
+                          f"{cfg.tokenizer_weights_hash}; pass --tokenizer with the folder it was trained on")
     return model
 
 

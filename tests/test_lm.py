@@ -239,6 +239,24 @@ def test_corpus_training_and_tts_end_to_end(tmp_path, capsys, tiny_corpus):
     audio, sr = sf.read(out)
     stats = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert sr == 16000 and len(audio) == stats["frames"] * 1280 and stats["first_audio_ms"] is not None
+    # The LM pins its tokenizer's weights, not only its config: without --tokenizer it decodes with the folder its
+    # corpus was made with; a fine-tune of that tokenizer (same name and config, other weights) is refused.
+    from codec.compress import load_codec
+    from lm.model import SpeechLMConfig
+
+    lm_cfg = SpeechLMConfig.from_dict(json.loads((tmp_path / "run" / "checkpoint" / "config.json").read_text()))
+    tok = load_codec(tiny_corpus / "tok")
+    assert lm_cfg.tokenizer_weights_hash == tok.weights_hash() == meta["tokenizer_weights_hash"]
+    assert lm_cfg.tokenizer_source == str(tiny_corpus / "tok")
+    assert main(["tts", "The cat ran.", "-o", str(tmp_path / "own.wav"), "--model",
+                 str(tmp_path / "run" / "checkpoint"), "--max-seconds", "1"]) == 0
+    with torch.no_grad():
+        next(tok.parameters()).add_(0.01)
+    tok.save_pretrained(tmp_path / "tuned_tok")
+    capsys.readouterr()
+    assert main(["tts", "The cat ran.", "-o", str(tmp_path / "z.wav"), "--model",
+                 str(tmp_path / "run" / "checkpoint"), "--tokenizer", str(tmp_path / "tuned_tok")]) == 1
+    assert "other weights of tokenizer" in capsys.readouterr().err and not (tmp_path / "z.wav").exists()
     assert main(["tts", "  ", "-o", str(tmp_path / "x.wav"), "--model", str(tmp_path / "run" / "checkpoint")]) == 1
     assert main(["tts", "hi", "-o", str(tmp_path / "y.wav"), "--model", str(tmp_path / "nowhere")]) == 1
     err = capsys.readouterr().err
@@ -264,6 +282,14 @@ def test_corpus_training_and_tts_end_to_end(tmp_path, capsys, tiny_corpus):
     assert table.count("PER ratio (bar ≤ 1.5)") == 1 and "| generations | 1 | 1 |" in table
     assert main(["lm", "eval", "--compare", str(tmp_path / "said.wav")]) == 1
     assert "not a readable lm eval report" in capsys.readouterr().err
+    # A corpus re-made with other tokenizer weights is refused before any generation.
+    import shutil
+
+    shutil.copytree(tiny_corpus / "corpus", tmp_path / "other_corpus")
+    other = json.loads((tmp_path / "other_corpus" / "corpus.json").read_text())
+    (tmp_path / "other_corpus" / "corpus.json").write_text(json.dumps({**other, "tokenizer_weights_hash": "0" * 12}))
+    assert main([*base[:4], "--corpus", str(tmp_path / "other_corpus"), *base[6:], "-o", str(report)]) == 1
+    assert "other weights" in capsys.readouterr().err
 
 
 def test_lm_bench_reports_speed_for_a_recipe(tmp_path, capsys):
