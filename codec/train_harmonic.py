@@ -32,6 +32,7 @@ from codec.audio import load_audio
 from codec.data.pitch import cached_world_features
 from codec.dataset import read_manifest
 from codec.distill import TermInputs, build_terms, codebooks_straight_through
+from codec.errors import VoxtokError
 from codec.harmonic_codec import F0_REFERENCE_HZ, HarmonicCodecConfig, f0_bin_centres
 from codec.modules.harmonic import SynthAnalysis
 from codec.train import TrainConfig, Trainer
@@ -46,18 +47,25 @@ class _Clip:
     context: np.ndarray | None = None  # [code frames, H] float16 word states (only when a term needs them)
     context_mask: np.ndarray | None = None  # [code frames] 1 inside an aligned word
     sentence: np.ndarray | None = None  # [H] sentence embedding
+    source: int = 0  # which data source it came from (FeatureCropSampler's source_weights)
 
 
 class FeatureCropSampler:
     """Random crops of whole code frames with their WORLD targets, peak-normalised to a random level."""
 
     def __init__(self, clips: list[_Clip], crop_frames: int, hop: int, subframe: int, seed: int,
-                 gain_db: tuple[float, float] = (-18.0, 0.0), context_dim: int = 0, phone_positions: int = 1):
+                 gain_db: tuple[float, float] = (-18.0, 0.0), context_dim: int = 0, phone_positions: int = 1,
+                 source_weights: list[float] | None = None):
         self.clips = clips
         self.context_dim, self.phone_positions = context_dim, phone_positions
         self.crop_frames, self.hop, self.subframe = crop_frames, hop, subframe
         lengths = np.array([len(c.samples) for c in clips], dtype=np.float64)
-        self.p = lengths / lengths.sum()
+        # Each source gets crops in proportion to its weight; within a source, a clip in proportion to its length.
+        sources = np.array([c.source for c in clips])
+        weights = np.asarray(source_weights if source_weights is not None else [1.0] * (sources.max() + 1))
+        totals = np.bincount(sources, weights=lengths, minlength=len(weights))
+        self.p = lengths * weights[sources] / totals[sources]
+        self.p /= self.p.sum()
         self.gain_db = gain_db
         self.rng = np.random.default_rng(seed)
 
@@ -142,30 +150,53 @@ class HarmonicTrainer(Trainer):
 
     def build_data(self) -> None:
         cfg, mcfg = self.cfg, self.model.config
-        rows = read_manifest(cfg.real_root, cfg.real_split)
         want_phones = any("phones" in term.needs for term in self.terms.values())
         want_context = any("context" in term.needs for term in self.terms.values())
         clips = []
-        for row in tqdm(rows, desc="loading real + pitch targets", disable=not self.progress, leave=False):
-            path = Path(cfg.real_root) / row["path"]
-            samples = load_audio(path, mcfg.sample_rate)
-            feats = cached_world_features(path, row["path"], cfg.pitch_cache, mcfg.sample_rate, mcfg.subframe,
-                                          cfg.pitch_ap_bands, cfg.pitch_method, samples=samples)
-            clip = _Clip((np.clip(samples, -1, 1) * 32767).astype(np.int16), feats.f0, feats.voiced)
-            if want_phones or want_context:
-                self._add_labels(clip, path, row, samples, want_phones, want_context)
-            clips.append(clip)
-        minutes = sum(len(c.samples) for c in clips) / mcfg.sample_rate / 60
-        labelled = sum(c.phones is not None or c.context is not None for c in clips)
-        print(f"data: real: {len(clips)} files, {minutes:.1f} min, with WORLD targets"
-              + (f"; {labelled} with aligned text" if want_phones or want_context else ""))
+        sources = self._sources()
+        for index, (name, root, rows, weight, key) in enumerate(sources):
+            start = len(clips)
+            for row in tqdm(rows, desc=f"loading {name} + pitch targets", disable=not self.progress, leave=False):
+                path = root / row["path"]
+                samples = load_audio(path, mcfg.sample_rate)
+                feats = cached_world_features(path, key + row["path"], cfg.pitch_cache, mcfg.sample_rate,
+                                              mcfg.subframe, cfg.pitch_ap_bands, cfg.pitch_method, samples=samples)
+                clip = _Clip((np.clip(samples, -1, 1) * 32767).astype(np.int16), feats.f0, feats.voiced,
+                             source=index)
+                if want_phones or want_context:
+                    self._add_labels(clip, path, {**row, "path": key + row["path"]}, samples, want_phones,
+                                     want_context)
+                clips.append(clip)
+            mine = clips[start:]
+            if not mine:
+                raise VoxtokError(f"data: {name} ({root}) has no files")
+            minutes = sum(len(c.samples) for c in mine) / mcfg.sample_rate / 60
+            labelled = sum(c.phones is not None or c.context is not None for c in mine)
+            print(f"data: {name}: {len(mine)} files, {minutes:.1f} min, with WORLD targets"
+                  + (f"; {labelled} with aligned text" if want_phones or want_context else "")
+                  + (f"; weight {weight:g}" if len(cfg.synth_dirs) else ""))
         crop_frames = max(1, int(round(cfg.crop_seconds * mcfg.frame_rate)))
         context_dim = next((c.context.shape[1] for c in clips if c.context is not None), 0)
         self.sampler = FeatureCropSampler(clips, crop_frames, mcfg.hop_length, mcfg.subframe, seed=self.data_seed(),
-                                          context_dim=context_dim, phone_positions=self.phone_positions)
+                                          context_dim=context_dim, phone_positions=self.phone_positions,
+                                          source_weights=[weight for _, _, _, weight, _ in sources])
         dev_rows = read_manifest(cfg.real_root, cfg.dev_split)
         stride = max(1, len(dev_rows) // max(1, cfg.eval_files))
         self.dev_rows = dev_rows[::stride][: cfg.eval_files]
+
+    def _sources(self) -> list[tuple[str, Path, list[dict], float, str]]:
+        """(name, root, manifest rows, crop weight, cache key prefix) per source: the real split, then each
+        synthetic folder (all of its manifest) sharing synth_weight. A synthetic folder's files are cached under
+        its folder name, so its paths cannot collide with the real corpus's."""
+        cfg = self.cfg
+        sources = [("real", Path(cfg.real_root), read_manifest(cfg.real_root, cfg.real_split), cfg.real_weight, "")]
+        for folder in cfg.synth_dirs:
+            root = Path(folder)
+            if not (root / "manifest.jsonl").is_file():
+                raise VoxtokError(f"synth_dirs: {folder} has no manifest.jsonl (make one with `voxtok synth`)")
+            sources.append((f"synth:{root.name}", root, read_manifest(root), cfg.synth_weight / len(cfg.synth_dirs),
+                            f"synth/{root.name}/"))
+        return sources
 
     def _add_labels(self, clip: _Clip, path: Path, row: dict, samples: np.ndarray, phones: bool,
                     context: bool) -> None:

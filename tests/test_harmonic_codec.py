@@ -296,6 +296,42 @@ def test_loss_through_the_synthesiser_trains_the_bands_not_the_phase(tmp_path):
     assert len(synth) >= 3 and synth[-1] < synth[0]
 
 
+def test_synthetic_folders_join_the_real_split_with_their_weight_and_labels(tmp_path):
+    """synth_dirs in a v2 recipe: each folder's files are read with WORLD targets and (for a phone term) aligned
+    phones, cached under the folder's name, and drawn for synth_weight of the crops; a folder without a manifest
+    is one clear error."""
+    import subprocess
+
+    from codec.train import load_recipe
+    from codec.train_harmonic import HarmonicTrainer
+
+    pytest.importorskip("pocketsphinx")
+    synth = tmp_path / "synth_corpus"
+    synth.mkdir()
+    texts = ["Please call the doctor in the morning.", "We walked along the river after lunch."]  # these align
+    for i, text in enumerate(texts):
+        subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(synth / f"s{i}.wav"), text], check=True)
+    (synth / "manifest.jsonl").write_text("".join(json.dumps({"path": f"s{i}.wav", "text": t}) + "\n"
+                                                  for i, t in enumerate(texts)))
+    extra = f'synth_dirs = ["{synth}"]\nsynth_weight = 3.0\n[terms.phone]\nweight = 1.0'
+    model_cfg, train_cfg = load_recipe(_tiny_recipe(tmp_path, 10, extra=extra))
+    trainer = HarmonicTrainer(model_cfg, train_cfg, progress=False)
+    trainer.build_data()
+    sampler = trainer.sampler
+    sources = np.array([c.source for c in sampler.clips])
+    assert list(sources) == [0, 0, 0, 1, 1]
+    assert sampler.p[sources == 1].sum() == pytest.approx(0.75)  # real_weight 1 : synth_weight 3
+    # The voiced test signals have no text; the espeak-ng files are aligned, under the folder's own cache key.
+    assert [c.phones is not None for c in sampler.clips] == [False, False, False, True, True]
+    assert (sampler.clips[3].phones >= 0).any()
+    assert len(list((tmp_path / "align").glob("*/synth/synth_corpus/*.npz"))) == 2
+    assert len(list((tmp_path / "cache").glob("*/synth/synth_corpus/*.npz"))) == 2
+    trainer.train(4)  # and it trains on the mixture
+    (synth / "manifest.jsonl").unlink()
+    with pytest.raises(VoxtokError, match="no manifest.jsonl"):
+        HarmonicTrainer(model_cfg, train_cfg, progress=False).build_data()
+
+
 def test_phone_term_teaches_the_first_codebook_phones_and_resumes(tmp_path, real_root):
     """[terms.phone] on three real transcribed clips: the phone head's cross-entropy falls, its accuracy rises, and
     a resumed run reads the head back from the checkpoint; a recipe naming an unknown term is refused."""
