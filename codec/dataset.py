@@ -37,6 +37,12 @@ def read_manifest(root: str | Path, split_file: str | Path | None = None) -> lis
     return rows
 
 
+def synth_cache_prefix(root: str | Path) -> str:
+    """The cache key prefix of a synthetic folder's files (WORLD targets, alignments): its folder name, so its
+    paths cannot collide with the real corpus's, whose files are keyed by their paths alone."""
+    return f"synth/{Path(root).name}/"
+
+
 def load_source(name: str, root: str | Path, weight: float, sample_rate: int,
                 split_file: str | Path | None = None, progress: bool = True) -> AudioSource:
     rows = read_manifest(root, split_file)

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from codec.audio import load_audio
 from codec.data.pitch import cached_world_features
-from codec.dataset import read_manifest
+from codec.dataset import read_manifest, synth_cache_prefix
 from codec.distill import TermInputs, build_terms, codebooks_straight_through
 from codec.errors import VoxtokError
 from codec.harmonic_codec import F0_REFERENCE_HZ, HarmonicCodecConfig, f0_bin_centres
@@ -195,7 +195,7 @@ class HarmonicTrainer(Trainer):
             if not (root / "manifest.jsonl").is_file():
                 raise VoxtokError(f"synth_dirs: {folder} has no manifest.jsonl (make one with `voxtok synth`)")
             sources.append((f"synth:{root.name}", root, read_manifest(root), cfg.synth_weight / len(cfg.synth_dirs),
-                            f"synth/{root.name}/"))
+                            synth_cache_prefix(root)))
         return sources
 
     def _add_labels(self, clip: _Clip, path: Path, row: dict, samples: np.ndarray, phones: bool,

@@ -315,8 +315,17 @@ def test_synthetic_folders_join_the_real_split_with_their_weight_and_labels(tmp_
                                                   for i, t in enumerate(texts)))
     extra = f'synth_dirs = ["{synth}"]\nsynth_weight = 3.0\n[terms.phone]\nweight = 1.0'
     model_cfg, train_cfg = load_recipe(_tiny_recipe(tmp_path, 10, extra=extra))
+    # The caches filled beforehand by the two CLIs (`--synth`) are the ones the trainer reads.
+    from codec.data import align, pitch
+
+    align.main([str(synth), "--synth", "--cache", train_cfg.align_cache])
+    pitch.main([str(synth), "--synth", "--cache", train_cfg.pitch_cache, "--method", train_cfg.pitch_method])
+    cached = [*(tmp_path / "align").rglob("*.npz"), *(tmp_path / "cache").rglob("*.npz")]
+    made = {f: f.stat().st_mtime_ns for f in cached}
+    assert len(made) == 4
     trainer = HarmonicTrainer(model_cfg, train_cfg, progress=False)
     trainer.build_data()
+    assert all(f.stat().st_mtime_ns == t for f, t in made.items())
     sampler = trainer.sampler
     sources = np.array([c.source for c in sampler.clips])
     assert list(sources) == [0, 0, 0, 1, 1]

@@ -131,7 +131,8 @@ def cached_alignment(audio_path, rel_path: str, text: str, cache_dir, samples: n
 
 
 def main(argv: list[str] | None = None) -> None:
-    """python -m codec.data.align ROOT --split train --cache data/cache/align: align every file with text."""
+    """python -m codec.data.align ROOT --split train --cache data/cache/align: align every file with text
+    (`--synth`: every file of a synthetic folder, as a recipe's synth_dirs reads it)."""
     import argparse
     import time
 
@@ -143,13 +144,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("root")
     parser.add_argument("--split", default="train")
     parser.add_argument("--cache", default="data/cache/align")
+    parser.add_argument("--synth", action="store_true",
+                        help="ROOT is a synthetic folder of a recipe's synth_dirs: all its files, keyed as the "
+                             "trainer reads them")
     args = parser.parse_args(argv)
     root = Path(args.root)
-    entries = [e for e in select(read_manifest(root), read_split(args.split)) if e.text]
+    if args.synth:
+        from codec.dataset import synth_cache_prefix
+
+        prefix, entries = synth_cache_prefix(root), [e for e in read_manifest(root) if e.text]
+    else:
+        prefix, entries = "", [e for e in select(read_manifest(root), read_split(args.split)) if e.text]
     started, failed, seconds = time.time(), [], 0.0
     for entry in tqdm(entries, unit="file"):
         try:
-            result = cached_alignment(root / entry.path, entry.path, entry.text, args.cache)
+            result = cached_alignment(root / entry.path, prefix + entry.path, entry.text, args.cache)
             seconds += result.frames * FRAME_MS / 1000
         except VoxtokError as exc:
             failed.append(f"{entry.path}: {exc}")

@@ -105,7 +105,8 @@ def cached_world_features(audio_path, rel_path: str, cache_dir, sample_rate: int
 
 
 def main(argv: list[str] | None = None) -> None:
-    """python -m codec.data.pitch ROOT --split train --cache data/cache/world: fill the cache for a split."""
+    """python -m codec.data.pitch ROOT --split train --cache data/cache/world: fill the cache for a split
+    (`--synth`: every file of a synthetic folder, as a recipe's synth_dirs reads it)."""
     import argparse
     import time
     from pathlib import Path
@@ -122,13 +123,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ap-bands", type=int, default=8)
     parser.add_argument("--method", default="harvest", choices=["harvest", "dio"])
     parser.add_argument("--sample-rate", type=int, default=16000)
+    parser.add_argument("--synth", action="store_true",
+                        help="ROOT is a synthetic folder of a recipe's synth_dirs: all its files, keyed as the "
+                             "trainer reads them")
     args = parser.parse_args(argv)
     root = Path(args.root)
-    entries = select(read_manifest(root), read_split(args.split))
+    if args.synth:
+        from codec.dataset import synth_cache_prefix
+
+        prefix, entries = synth_cache_prefix(root), read_manifest(root)
+    else:
+        prefix, entries = "", select(read_manifest(root), read_split(args.split))
     started = time.time()
     for entry in tqdm(entries, unit="file"):
-        cached_world_features(root / entry.path, entry.path, args.cache, args.sample_rate, args.hop, args.ap_bands,
-                              args.method)
+        cached_world_features(root / entry.path, prefix + entry.path, args.cache, args.sample_rate, args.hop,
+                              args.ap_bands, args.method)
     print(f"{len(entries)} files in {time.time() - started:.0f} s -> {args.cache}")
 
 
