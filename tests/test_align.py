@@ -54,3 +54,24 @@ def test_cache_is_reused_for_the_same_text_only(dev_speech, tmp_path):
     assert np.array_equal(first.phones, again.phones) and first.words == again.words
     other = cached_alignment(path, "a/clip.flac", "HE HOPED", tmp_path, samples=short)
     assert [w for w, _, _ in other.words] == ["he", "hoped"]
+
+
+def test_a_failed_alignment_is_cached_for_its_text(dev_speech, tmp_path, monkeypatch):
+    """A file that does not align is decoded once: the next call for the same text raises the cached error
+    without running pocketsphinx; other text is tried afresh."""
+    import codec.data.align as align_module
+
+    samples, path = dev_speech
+    short = samples[: 16000 * 3]
+    with pytest.raises(VoxtokError, match="zxqvw"):
+        cached_alignment(path, "a/clip.flac", "he hoped zxqvw", tmp_path, samples=short)
+    assert not cache_file(tmp_path, "a/clip.flac").is_file()
+    calls = []
+    real_align = align_module.align
+    monkeypatch.setattr(align_module, "align", lambda *a, **k: calls.append(a) or real_align(*a, **k))
+    with pytest.raises(VoxtokError, match="zxqvw"):
+        cached_alignment(path, "a/clip.flac", "HE HOPED ZXQVW", tmp_path, samples=short)
+    assert calls == []
+    assert [w for w, _, _ in cached_alignment(path, "a/clip.flac", "he hoped", tmp_path, samples=short).words] == [
+        "he", "hoped"]
+    assert len(calls) == 1

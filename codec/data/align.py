@@ -111,19 +111,33 @@ def cache_file(cache_dir, rel_path: str) -> Path:
 def cached_alignment(audio_path, rel_path: str, text: str, cache_dir, samples: np.ndarray | None = None
                      ) -> Alignment:
     """align() for one file, read from the cache when present (and made for the same text), else computed and
-    stored atomically."""
-    from codec.audio import atomic_savez, load_audio
+    stored atomically. A failure is cached too (its error, for the same text), so a corpus with files that do not
+    align costs their decoding once, not at every training start."""
+    import json
+
+    from codec.audio import atomic_savez, atomic_write, load_audio
 
     path = cache_file(cache_dir, rel_path)
+    failed = path.with_name(path.name[: -len(".npz")] + ".failed.json")
     key = normalise_text(text)
     if path.is_file():
         with np.load(path) as data:
             if str(data["text"]) == key:
                 words = [(str(w), int(s), int(e)) for w, s, e in zip(data["words"], data["starts"], data["ends"])]
                 return Alignment(data["phones"], words)
+    if failed.is_file():
+        record = json.loads(failed.read_text(encoding="utf-8"))
+        if record.get("text") == key:
+            raise VoxtokError(record["error"])
     if samples is None:
         samples = load_audio(audio_path, 16000)
-    result = align(samples, text)
+    try:
+        result = align(samples, text)
+    except VoxtokError as exc:
+        failed.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"text": key, "error": str(exc)}, ensure_ascii=False)
+        atomic_write(failed, lambda tmp: Path(tmp).write_text(line, encoding="utf-8"))
+        raise
     atomic_savez(path, phones=result.phones, words=np.array([w for w, _, _ in result.words]),
                  starts=np.array([s for _, s, _ in result.words], dtype=np.int32),
                  ends=np.array([e for _, _, e in result.words], dtype=np.int32), text=np.array(key))
