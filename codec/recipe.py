@@ -25,16 +25,11 @@ def read_recipe_tables(path: str | Path, _seen: tuple = ()) -> dict:
         return recipe
     if not isinstance(base, str):
         raise VoxtokError(f"{path}: base must be a recipe path")
-    merged = read_recipe_tables(path.parent / base, _seen + (path.resolve(),))
-    for table, values in recipe.items():
-        if isinstance(values, dict) and isinstance(merged.get(table), dict):
-            merged[table] = _overlay(merged[table], values)
-        else:
-            merged[table] = values
-    return merged
+    return _overlay(read_recipe_tables(path.parent / base, _seen + (path.resolve(),)), recipe)
 
 
 def _overlay(below: dict, above: dict) -> dict:
+    """above's keys over below's, tables merged key by key at every depth."""
     out = dict(below)
     for key, value in above.items():
         out[key] = _overlay(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value

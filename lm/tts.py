@@ -52,10 +52,11 @@ def tokenizer_for(lm: SpeechLM, tokenizer: str | Path | None = None):
         raise VoxtokError(f"the LM was trained on tokenizer {cfg.tokenizer} (config "
                           f"{cfg.tokenizer_config_hash}); {model.model_id} has config "
                           f"{model.config.config_hash()}")
-    if cfg.tokenizer_weights_hash and model.weights_hash() != cfg.tokenizer_weights_hash:
+    weights = model.weights_hash() if cfg.tokenizer_weights_hash else ""
+    if weights != cfg.tokenizer_weights_hash:
         where = f" (it was read from {cfg.tokenizer_source})" if cfg.tokenizer_source else ""
         raise VoxtokError(f"the LM was trained on other weights of tokenizer {cfg.tokenizer}{where}: "
-                          f"{tokenizer} has weights {model.weights_hash()}, the LM's are "
+                          f"{tokenizer} has weights {weights}, the LM's are "
                           f"{cfg.tokenizer_weights_hash}; pass --tokenizer with the folder it was trained on")
     return model
 

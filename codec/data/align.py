@@ -134,7 +134,6 @@ def cached_alignment(audio_path, rel_path: str, text: str, cache_dir, samples: n
     try:
         result = align(samples, text)
     except VoxtokError as exc:
-        failed.parent.mkdir(parents=True, exist_ok=True)
         line = json.dumps({"text": key, "error": str(exc)}, ensure_ascii=False)
         atomic_write(failed, lambda tmp: Path(tmp).write_text(line, encoding="utf-8"))
         raise
