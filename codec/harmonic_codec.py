@@ -25,7 +25,7 @@ from codec.config import CodecConfig, HarmonicCodecConfig
 from codec.model import VoxtokCodec
 from codec.modules.conv import CausalConv1d
 from codec.modules.convnext import ChannelLayerNorm, ConvNeXtBlock
-from codec.modules.harmonic import F0_MAX_HZ, F0_MIN_HZ, HarmonicSynth, SpectralFrames, SynthAnalysis
+from codec.modules.harmonic import F0_MAX_HZ, F0_MIN_HZ, HarmonicSynth, SynthAnalysis
 from codec.modules.streaming import State, StreamingModule, StreamingSequential
 
 # F0 is predicted as log2(F0 / F0_REFERENCE_HZ), i.e. in octaves around a mid speaking pitch, or classified into
@@ -42,6 +42,73 @@ def f0_bin_centres(bins: int) -> torch.Tensor:
     return torch.linspace(math.log2(F0_BINS_LOW_HZ), math.log2(F0_BINS_HIGH_HZ), bins)
 
 
+def _pitch_acf_basis(window: int, lags: torch.Tensor, legacy_fft: int) -> torch.Tensor:
+    """[2 * window, len(lags) + 1], float64: the normalised-autocorrelation features as a linear map of the
+    power spectrum of a 2 * window point DFT (row k: bin k).
+
+    The features were defined (and the shipped encoders trained) on a zero-padded DFT of legacy_fft points (the
+    power of two above window + the longest lag, 2048 at 640), whose power spectrum evaluated by a cosine sum
+    gives the linear autocorrelation at fractional lags (its Dirichlet interpolation). A 2 * window point DFT holds the
+    whole linear autocorrelation r[d], |d| < window, without aliasing, and the cosine sum is linear in r, so this
+    map reproduces those features exactly (to rounding) from a DFT of 1280 rather than 2048 points at 640."""
+    size = 2 * window
+    k = torch.arange(legacy_fft // 2 + 1, dtype=torch.float64)[:, None]
+    weight = torch.full((legacy_fft // 2 + 1, 1), 2.0, dtype=torch.float64)
+    weight[0] = weight[-1] = 1.0
+    lag_axis = torch.cat([torch.zeros(1, dtype=torch.float64), lags.to(torch.float64)])
+    # legacy features = P_legacy @ cosine_sum; P_legacy[k] = sum_d r[d] cos(2 pi k d / legacy_fft) (r is even)
+    cosine_sum = weight * torch.cos(2 * math.pi * k * lag_axis / legacy_fft) / legacy_fft
+    d = torch.arange(-(window - 1), window, dtype=torch.float64)
+    features_of_r = torch.cos(2 * math.pi * d[:, None] * k.T / legacy_fft) @ cosine_sum  # [2W - 1, lags + 1]
+    # r[d] = (1 / size) sum_k P[k] cos(2 pi k d / size) for the real, even power spectrum P of the size-point DFT
+    bins = torch.arange(size, dtype=torch.float64)
+    r_of_power = torch.cos(2 * math.pi * bins[:, None] * d / size) / size  # [size, 2W - 1]
+    return r_of_power @ features_of_r
+
+
+class FactoredPowerSpectrum(torch.nn.Module):
+    """|DFT_size(y)|^2 of frames y [..., window] zero-padded to size = 2 * window, in two small matmuls (a
+    Cooley-Tukey split size = outer * inner with inner | window) instead of one [window, size] basis: 0.2 MB of
+    tables in place of several MB, which matters because a streaming step is bound by the bytes it reads.
+    Output bins come in the order k = k1 + outer * k2 flattened as k1 * inner + k2 (`bin_order` says which)."""
+
+    def __init__(self, window: int):
+        super().__init__()
+        size = 2 * window
+        inner = max(d for d in range(1, int(math.isqrt(size)) + 1) if window % d == 0)
+        outer, rows = size // inner, window // inner
+        self.window, self.inner, self.outer, self.rows = window, inner, outer, rows
+        n1 = torch.arange(rows, dtype=torch.float64)[:, None]
+        k1 = torch.arange(outer, dtype=torch.float64)
+        angle = 2 * math.pi * n1 * k1 / outer
+        # y[inner * n1 + n2]: an outer-point DFT over n1 for each n2 (only `rows` of its inputs are non-zero)
+        self.register_buffer("stage1", torch.cat([torch.cos(angle), -torch.sin(angle)], dim=1).float(),
+                             persistent=False)
+        twiddle = -2 * math.pi * torch.arange(inner, dtype=torch.float64)[:, None] * k1 / size  # [inner, outer]
+        self.register_buffer("twiddle_cos", torch.cos(twiddle).float(), persistent=False)
+        self.register_buffer("twiddle_sin", torch.sin(twiddle).float(), persistent=False)
+        n2 = torch.arange(inner, dtype=torch.float64)[:, None]
+        k2 = torch.arange(inner, dtype=torch.float64)
+        c, s = torch.cos(2 * math.pi * n2 * k2 / inner), torch.sin(2 * math.pi * n2 * k2 / inner)
+        # [re, im] @ [[c, -s], [s, c]]: an inner-point complex DFT over n2 (e^{-i theta} = c - i s)
+        self.register_buffer("stage2", torch.cat([torch.cat([c, -s], 1), torch.cat([s, c], 1)], 0).float(),
+                             persistent=False)
+        k1_grid, k2_grid = torch.meshgrid(torch.arange(outer), torch.arange(inner), indexing="ij")
+        self.register_buffer("bin_order", (k1_grid + outer * k2_grid).reshape(-1), persistent=False)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """[..., window] -> [..., size] power, in `bin_order`."""
+        lead = frames.shape[:-1]
+        grid = frames.reshape(*lead, self.rows, self.inner).transpose(-1, -2)  # [..., n2, n1]
+        z = grid @ self.stage1.to(frames.dtype)  # [..., n2, 2 * outer]
+        zr, zi = z[..., : self.outer], z[..., self.outer:]
+        tc, ts = self.twiddle_cos.to(frames.dtype), self.twiddle_sin.to(frames.dtype)
+        yr, yi = zr * tc - zi * ts, zr * ts + zi * tc
+        x = torch.cat([yr, yi], dim=-2).transpose(-1, -2) @ self.stage2.to(frames.dtype)  # [..., k1, 2 * inner]
+        xr, xi = x[..., : self.inner], x[..., self.inner:]
+        return (xr * xr + xi * xi).reshape(*lead, self.outer * self.inner)
+
+
 class EncoderFeatures(StreamingModule):
     """[B, 1, N] audio (N a multiple of subframe) -> [B, bands + pitch_lags, N / subframe], causal.
 
@@ -54,18 +121,14 @@ class EncoderFeatures(StreamingModule):
         super().__init__()
         self.subframe, self.pitch_window = cfg.subframe, cfg.pitch_window
         self.analysis = SynthAnalysis(cfg.sample_rate, cfg.window, cfg.subframe, cfg.bands)
-        # A zero-padded DFT (size >= window + longest lag) so the autocorrelation is linear, not circular.
-        fft = 1 << (cfg.pitch_window + int(cfg.sample_rate / F0_MIN_HZ)).bit_length()
-        self.pitch_frames = SpectralFrames(cfg.pitch_window, cfg.subframe, fft)
+        self.register_buffer("pitch_hann", torch.hann_window(cfg.pitch_window, periodic=True), persistent=False)
+        self.power = FactoredPowerSpectrum(cfg.pitch_window)
         lags = torch.logspace(math.log10(cfg.sample_rate / F0_MAX_HZ), math.log10(cfg.sample_rate / F0_MIN_HZ),
                               cfg.pitch_lags, dtype=torch.float64)
-        k = torch.arange(fft // 2 + 1, dtype=torch.float64)[:, None]
-        weight = torch.full((fft // 2 + 1, 1), 2.0, dtype=torch.float64)
-        weight[0] = weight[-1] = 1.0
-        # Row 0 is lag 0 (the energy); the cosine sum evaluates the autocorrelation at fractional lags too.
-        lag_axis = torch.cat([torch.zeros(1, dtype=torch.float64), lags])
-        self.register_buffer("acf_basis", (weight * torch.cos(2 * math.pi * k * lag_axis / fft) / fft).float(),
-                             persistent=False)
+        # Column 0 is lag 0 (the energy); rows follow the power spectrum's bin order.
+        legacy_fft = 1 << (cfg.pitch_window + int(cfg.sample_rate / F0_MIN_HZ)).bit_length()
+        basis = _pitch_acf_basis(cfg.pitch_window, lags, legacy_fft)[self.power.bin_order]
+        self.register_buffer("acf_basis", basis.float(), persistent=False)
 
     def init_state(self, batch_size: int, device: torch.device | None = None,
                    dtype: torch.dtype | None = None) -> State:
@@ -77,10 +140,8 @@ class EncoderFeatures(StreamingModule):
         bands = self.analysis.filters.to(joined.dtype)
         spectra = self.analysis.frames.spectra(joined[:, self.pitch_window - self.analysis.frames.window:])
         log_mel = torch.log((self.analysis.frames.magnitude(spectra) @ bands.T).clamp(min=1e-5))
-        pitch_spec = self.pitch_frames.spectra(joined)
-        half = pitch_spec.shape[-1] // 2
-        power = pitch_spec[..., :half] ** 2 + pitch_spec[..., half:] ** 2
-        acf = power @ self.acf_basis.to(power.dtype)
+        frames = joined.unfold(-1, self.pitch_window, self.subframe) * self.pitch_hann.to(joined.dtype)
+        acf = self.power(frames) @ self.acf_basis.to(joined.dtype)
         nacf = acf[..., 1:] / (acf[..., :1] + 1e-6)
         return torch.cat([log_mel, nacf], dim=-1).transpose(1, 2)
 

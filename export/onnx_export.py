@@ -41,19 +41,6 @@ GRAPH_FILES = {
 }
 
 
-def nearest_codes(latents: torch.Tensor, codebooks: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
-    """[B, dim, T] -> codes [B, n_q, T]: the greedy residual search of ResidualQuantizer.encode, written
-    with ops every exporter knows (norms = sum of squares of each code vector, precomputed)."""
-    residual = latents.transpose(1, 2)
-    codes = []
-    for i in range(codebooks.shape[0]):
-        book = codebooks[i]
-        index = (norms[i] - 2 * residual @ book.t()).argmin(-1)
-        codes.append(index)
-        residual = residual - F.embedding(index, book)
-    return torch.stack(codes, dim=1)
-
-
 def lookup_codes(codes: torch.Tensor, flat_codebooks: torch.Tensor, codebook_size: int) -> torch.Tensor:
     """codes [B, q, T] -> summed code vectors [B, dim, T] for any q: one gather into the stacked
     codebooks (row i * size + code), so q can be a dynamic dimension of the graph."""
@@ -63,13 +50,33 @@ def lookup_codes(codes: torch.Tensor, flat_codebooks: torch.Tensor, codebook_siz
 
 
 class _QuantizerTables(nn.Module):
+    """The codebooks as constant tables of the graphs: stacked for the decoder's one gather, and one set per
+    level for the encoder's search (separate initialisers, so no per-call slicing of the stack)."""
+
     def __init__(self, model: VoxtokCodec):
         super().__init__()
         books = model.quantizer.codebooks.detach().float().clone()
-        self.codebook_size = books.shape[1]
-        self.register_buffer("codebooks", books)
-        self.register_buffer("norms", (books * books).sum(-1))
+        self.codebook_size, self.levels = books.shape[1], books.shape[0]
         self.register_buffer("flat_codebooks", books.reshape(-1, books.shape[-1]))
+        for level, book in enumerate(books):
+            self.register_buffer(f"book_{level}", book.clone())
+            self.register_buffer(f"scaled_books_t_{level}", (-2.0 * book).t().contiguous())
+            self.register_buffer(f"norms_{level}", (book * book).sum(-1))
+
+
+def nearest_codes(latents: torch.Tensor, tables: _QuantizerTables) -> torch.Tensor:
+    """[B, dim, T] -> codes [B, n_q, T]: the greedy residual search of ResidualQuantizer.encode, written
+    with ops every exporter knows: argmin over ||c||^2 - 2 r.c, with -2 c^T stored per level as a plain
+    [dim, K] matrix, so onnxruntime pre-packs it (a transposed operand per call cost about 10% of the step)."""
+    residual = latents.transpose(1, 2)
+    codes = []
+    for level in range(tables.levels):
+        book = getattr(tables, f"book_{level}")
+        scores = residual @ getattr(tables, f"scaled_books_t_{level}") + getattr(tables, f"norms_{level}")
+        index = scores.argmin(-1)
+        codes.append(index)
+        residual = residual - F.embedding(index, book)
+    return torch.stack(codes, dim=1)
 
 
 class EncoderStep(nn.Module):
@@ -80,7 +87,7 @@ class EncoderStep(nn.Module):
 
     def forward(self, audio: torch.Tensor, states: tuple[torch.Tensor, ...]):
         latents, new_states = self.encoder.step(audio, list(states))
-        return nearest_codes(latents, self.tables.codebooks, self.tables.norms), tuple(new_states)
+        return nearest_codes(latents, self.tables), tuple(new_states)
 
 
 class DecoderStep(nn.Module):
@@ -107,7 +114,7 @@ class OfflineEncoder(nn.Module):
         # one torch.export can reason about.
         whole = (audio.shape[-1] + self.hop - 1) // self.hop * self.hop
         padded = F.pad(audio, (0, self.hop - 1))[..., :whole]
-        return nearest_codes(self.encoder(padded), self.tables.codebooks, self.tables.norms)
+        return nearest_codes(self.encoder(padded), self.tables)
 
 
 class OfflineDecoder(nn.Module):

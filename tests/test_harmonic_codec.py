@@ -74,6 +74,45 @@ def test_synth_streaming_equals_offline(chunk):
     assert (streamed - offline).abs().max() < 1e-4
 
 
+def test_encoder_pitch_features_equal_their_zero_padded_dft_definition():
+    """The factored 2W-point power spectrum and its autocorrelation map give the features the shipped encoders
+    were trained on: the cosine sum over a zero-padded 2048-point DFT's power, at fractional lags."""
+    import math
+
+    from codec.harmonic_codec import EncoderFeatures, FactoredPowerSpectrum
+    from codec.modules.harmonic import F0_MAX_HZ, F0_MIN_HZ
+
+    cfg = HarmonicCodecConfig()
+    frames = torch.tensor(voiced_signal(0.2), dtype=torch.float64)[:1280].reshape(2, 640)
+    power = FactoredPowerSpectrum(640).double()
+    expected_power = torch.fft.fft(frames, n=1280).abs() ** 2
+    # (the tables are stored in float32, so agreement is to float32 rounding of the largest bins)
+    assert (power(frames) - expected_power[:, power.bin_order]).abs().max() < 1e-5 * expected_power.max()
+
+    features = EncoderFeatures(cfg).double()
+    wav = torch.tensor(voiced_signal(0.5, f0=180.0), dtype=torch.float64)[None, None, :8000]
+    got = features(wav)[:, cfg.bands:]
+    # The definition, written out: Hann frames of pitch_window ending at each 5 ms, a 2048-point DFT's power,
+    # the cosine sum at lags 0 and the log-spaced pitch lags, normalised by lag 0.
+    x = torch.cat([wav.new_zeros(cfg.pitch_window - cfg.subframe), wav.reshape(-1)])
+    windows = x.unfold(0, cfg.pitch_window, cfg.subframe) * torch.hann_window(cfg.pitch_window, periodic=True,
+                                                                            dtype=torch.float64)
+    spectrum = torch.fft.rfft(windows, n=2048).abs() ** 2
+    lags = torch.cat([torch.zeros(1, dtype=torch.float64),
+                      torch.logspace(math.log10(SR / F0_MAX_HZ), math.log10(SR / F0_MIN_HZ), cfg.pitch_lags,
+                                     dtype=torch.float64)])
+    k = torch.arange(1025, dtype=torch.float64)[:, None]
+    weight = torch.full((1025, 1), 2.0, dtype=torch.float64)
+    weight[0] = weight[-1] = 1.0
+    acf = spectrum @ (weight * torch.cos(2 * math.pi * k * lags / 2048) / 2048)
+    expected = (acf[:, 1:] / (acf[:, :1] + 1e-6)).T[None]
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max() < 5e-7, (got - expected).abs().max()  # a 1280-point definition: 5e-6
+    # the period of a 180 Hz tone is where the autocorrelation peaks
+    best_lag = lags[1:][expected[0, :, 40:].mean(-1).argmax()]
+    assert abs(SR / best_lag - 180.0) < 12.0
+
+
 def test_synth_voiced_frames_have_harmonics_at_f0():
     """Constant 200 Hz, fully voiced, flat bands: the output's spectrum peaks at the harmonics of 200 Hz."""
     frames = 200

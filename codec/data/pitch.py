@@ -126,7 +126,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--synth", action="store_true",
                         help="ROOT is a synthetic folder of a recipe's synth_dirs: all its files, keyed as the "
                              "trainer reads them")
+    parser.add_argument("--shard", default="0/1", metavar="K/N",
+                        help="only every N-th file from the K-th (0-based): run N processes to use N cores")
     args = parser.parse_args(argv)
+    try:
+        shard, shards = (int(part) for part in args.shard.split("/"))
+        if not 0 <= shard < shards:
+            raise ValueError
+    except ValueError:
+        parser.error(f"--shard wants K/N with 0 <= K < N, got {args.shard!r}")
     root = Path(args.root)
     if args.synth:
         from codec.dataset import synth_cache_prefix
@@ -134,6 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         prefix, entries = synth_cache_prefix(root), read_manifest(root)
     else:
         prefix, entries = "", select(read_manifest(root), read_split(args.split))
+    entries = entries[shard::shards]
     started = time.time()
     for entry in tqdm(entries, unit="file"):
         cached_world_features(root / entry.path, prefix + entry.path, args.cache, args.sample_rate, args.hop,
