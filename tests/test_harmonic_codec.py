@@ -248,7 +248,7 @@ def test_onnx_export_of_v2_matches_pytorch(tiny_model, tmp_path):
 # ---- training ---------------------------------------------------------------------------------------------------
 
 def _tiny_recipe(tmp_path: Path, steps: int = 30, clips: list[tuple[np.ndarray, str | None]] | None = None,
-                 extra: str = "", config: HarmonicCodecConfig | None = None) -> Path:
+                 extra: str = "", config: HarmonicCodecConfig | None = None, pitch_method: str = "dio") -> Path:
     """Three clips as a corpus (voiced test signals unless given, with their text when known) and a tiny v2
     recipe over it (WORLD targets and alignments go to caches in tmp_path); `extra` is appended to the recipe,
     `config` replaces the tiny v2 model."""
@@ -271,7 +271,7 @@ real_split = "{corpus / 'split.txt'}"
 dev_split = "{corpus / 'split.txt'}"
 pitch_cache = "{tmp_path / 'cache'}"
 align_cache = "{tmp_path / 'align'}"
-pitch_method = "dio"
+pitch_method = "{pitch_method}"
 [optim]
 lr = 3e-3
 warmup_steps = 2
@@ -308,6 +308,43 @@ def test_training_steps_lower_the_loss_and_resume(tmp_path):
     model = load_codec(tmp_path / "run" / "checkpoint")
     assert isinstance(model, HarmonicCodec)
     assert Path(tmp_path / "run" / "samples").is_dir()
+
+
+def test_voicing_target_of_both_trackers_is_voiced_only_where_they_agree(tmp_path):
+    """voicing_target = "both_trackers": the voicing labels are Harvest's AND DIO's decisions (each cached), so a
+    frame only one tracker calls voiced trains as unvoiced; an unknown target is refused in one line."""
+    from codec.data.pitch import cached_world_features
+    from codec.train import load_recipe
+    from codec.train_harmonic import HarmonicTrainer
+
+    # voiced test signals with a breathy, noisy stretch where the trackers disagree
+    clips = []
+    for i, f0 in enumerate((110, 170, 230)):
+        x = voiced_signal(2.0, f0, i)
+        x[12000:20000] = 0.6 * x[12000:20000] + 0.2 * np.random.default_rng(i).standard_normal(8000)
+        clips.append((x.astype(np.float32), None))
+    recipe = _tiny_recipe(tmp_path, clips=clips, extra='voicing_target = "both_trackers"', pitch_method="harvest")
+    model_cfg, train_cfg = load_recipe(recipe)
+    trainer = HarmonicTrainer(model_cfg, train_cfg, progress=False)
+    trainer.build_data()
+    corpus = tmp_path / "corpus"
+    agreed = harvest_only = 0
+    for i, clip in enumerate(trainer.sampler.clips):
+        samples = sf.read(corpus / f"c{i}.wav", dtype="float32")[0]
+        harvest, dio = (cached_world_features(corpus / f"c{i}.wav", f"c{i}.wav", train_cfg.pitch_cache, SR,
+                                              model_cfg.subframe, train_cfg.pitch_ap_bands, method,
+                                              samples=samples).voiced for method in ("harvest", "dio"))
+        assert np.array_equal(clip.voiced, harvest * dio)
+        agreed += int((clip.voiced > 0).sum())
+        harvest_only += int(((harvest > 0) & (dio == 0)).sum())
+    # some frames are voiced by both; some by Harvest (the recipe's pitch_method) alone, which train as unvoiced
+    assert agreed > 0 and harvest_only > 0
+
+    (tmp_path / "bad").mkdir()
+    bad = _tiny_recipe(tmp_path / "bad", extra='voicing_target = "loudest"')
+    model_cfg, train_cfg = load_recipe(bad)
+    with pytest.raises(VoxtokError, match="voicing_target must be one of tracker, both_trackers"):
+        HarmonicTrainer(model_cfg, train_cfg, progress=False).build_data()
 
 
 def test_loss_through_the_synthesiser_trains_the_bands_not_the_phase(tmp_path):
