@@ -178,8 +178,9 @@ class HarmonicTrainer(Trainer):
                                               mcfg.subframe, cfg.pitch_ap_bands, cfg.pitch_method, samples=samples)
                 voiced = feats.voiced
                 if cfg.voicing_target == "both_trackers":
+                    # Only its voicing is read: no aperiodicity (D4C) for the second tracker.
                     second = cached_world_features(path, key + row["path"], cfg.pitch_cache, mcfg.sample_rate,
-                                                   mcfg.subframe, cfg.pitch_ap_bands, other_tracker, samples=samples)
+                                                   mcfg.subframe, 0, other_tracker, samples=samples)
                     voiced = voiced * second.voiced[: len(voiced)]
                 clip = _Clip((np.clip(samples, -1, 1) * 32767).astype(np.int16), feats.f0, voiced, source=index)
                 if want_phones or want_context:

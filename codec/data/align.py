@@ -151,23 +151,17 @@ def main(argv: list[str] | None = None) -> None:
 
     from tqdm import tqdm
 
-    from codec.eval.runner import read_manifest, read_split, select
+    from codec.data import SYNTH_HELP, cache_entries
 
     parser = argparse.ArgumentParser(prog="python -m codec.data.align")
     parser.add_argument("root")
     parser.add_argument("--split", default="train")
     parser.add_argument("--cache", default="data/cache/align")
-    parser.add_argument("--synth", action="store_true",
-                        help="ROOT is a synthetic folder of a recipe's synth_dirs: all its files, keyed as the "
-                             "trainer reads them")
+    parser.add_argument("--synth", action="store_true", help=SYNTH_HELP)
     args = parser.parse_args(argv)
     root = Path(args.root)
-    if args.synth:
-        from codec.dataset import synth_cache_prefix
-
-        prefix, entries = synth_cache_prefix(root), [e for e in read_manifest(root) if e.text]
-    else:
-        prefix, entries = "", [e for e in select(read_manifest(root), read_split(args.split)) if e.text]
+    prefix, entries = cache_entries(root, args.split, args.synth)
+    entries = [e for e in entries if e.text]
     started, failed, seconds = time.time(), [], 0.0
     for entry in tqdm(entries, unit="file"):
         try:

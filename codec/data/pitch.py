@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from tqdm import tqdm
 
-    from codec.eval.runner import read_manifest, read_split, select
+    from codec.data import SYNTH_HELP, cache_entries
 
     parser = argparse.ArgumentParser(prog="python -m codec.data.pitch")
     parser.add_argument("root")
@@ -123,9 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ap-bands", type=int, default=8)
     parser.add_argument("--method", default="harvest", choices=["harvest", "dio"])
     parser.add_argument("--sample-rate", type=int, default=16000)
-    parser.add_argument("--synth", action="store_true",
-                        help="ROOT is a synthetic folder of a recipe's synth_dirs: all its files, keyed as the "
-                             "trainer reads them")
+    parser.add_argument("--synth", action="store_true", help=SYNTH_HELP)
     parser.add_argument("--shard", default="0/1", metavar="K/N",
                         help="only every N-th file from the K-th (0-based): run N processes to use N cores")
     args = parser.parse_args(argv)
@@ -136,12 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError:
         parser.error(f"--shard wants K/N with 0 <= K < N, got {args.shard!r}")
     root = Path(args.root)
-    if args.synth:
-        from codec.dataset import synth_cache_prefix
-
-        prefix, entries = synth_cache_prefix(root), read_manifest(root)
-    else:
-        prefix, entries = "", select(read_manifest(root), read_split(args.split))
+    prefix, entries = cache_entries(root, args.split, args.synth)
     entries = entries[shard::shards]
     started = time.time()
     for entry in tqdm(entries, unit="file"):
