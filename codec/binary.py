@@ -384,9 +384,11 @@ def check_model(
     if wrong_model or wrong_config:
         this_model = expect_model_id if expect_model_id is not None else header.model_id
         this_config = f" (config {expect_config_hash})" if expect_config_hash is not None else ""
+        # Same name, other config: usually other weights of one model (a fine-tune moves the codebooks).
+        hint = "; decode with the model folder that encoded it" if not wrong_model else ""
         raise VoxtokError(
             f"{source}: made by model {header.model_id} (config {header.config_hash}), "
-            f"this is model {this_model}{this_config}"
+            f"this is model {this_model}{this_config}{hint}"
         )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -37,6 +38,11 @@ class CodecConfig:
     codebook_decay: float = 0.99
     dead_code_threshold: float = 2.0
     kmeans_iters: int = 10
+    # Fingerprint of the codebooks a model folder was exported with (VoxtokCodec.save_pretrained writes it; empty
+    # in training checkpoints and in folders exported before it was recorded). A fine-tune keeps the name and the
+    # architecture but moves the codebooks, so codes of the old weights decode to noise with the new ones: with
+    # this in config_hash, such token files are refused instead.
+    codebooks_hash: str = ""
 
     @property
     def frame_rate(self) -> float:
@@ -98,6 +104,8 @@ class CodecConfig:
             raise ValueError("hop_length and window must be multiples of subframe")
         if self.window < self.subframe:
             raise ValueError("window must be at least one subframe")
+        if self.codebooks_hash and not re.fullmatch(r"[0-9a-f]{12}", self.codebooks_hash):
+            raise ValueError(f"codebooks_hash must be empty or 12 hex digits, got {self.codebooks_hash!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -124,6 +132,8 @@ class CodecConfig:
     def config_hash(self) -> str:
         """Short hash of everything that changes which codes mean what (not the name)."""
         data = {k: v for k, v in self.to_dict().items() if k != "name"}
+        if not data["codebooks_hash"]:
+            del data["codebooks_hash"]  # folders from before it was recorded keep their hash
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -290,7 +290,10 @@ class VoxtokCodec(nn.Module):
         if half:
             state = half_weights(state)
         save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
-        self.config.save(directory / "config.json")
+        # An exported folder names its codebooks (so its token files are refused by other weights of the same
+        # name); a training checkpoint does not, since its codebooks keep moving.
+        fingerprint = codebooks_fingerprint(state) if inference_only else ""
+        replace(self.config, codebooks_hash=fingerprint).save(directory / "config.json")
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> VoxtokCodec:
@@ -323,7 +326,25 @@ class VoxtokCodec(nn.Module):
         model.use_exact_encoder()
         if not model.quantizer.initialized():
             raise VoxtokError(f"{directory}: codebooks were never initialised (an untrained checkpoint)")
+        if config.codebooks_hash and codebooks_fingerprint(state) != config.codebooks_hash:
+            raise VoxtokError(f"{directory}: config.json names codebooks {config.codebooks_hash}, model.safetensors "
+                              f"holds {codebooks_fingerprint(state)} (files from two different exports)")
         return model
+
+
+def codebooks_fingerprint(state: dict[str, torch.Tensor]) -> str:
+    """12 hex digits of sha256 over the codebooks (fp32, in name order): what tells two trainings of one
+    architecture apart for token files. "" for a model without learned codebooks."""
+    import hashlib
+
+    names = sorted(k for k in state if k.endswith("._codebook.embed"))
+    if not names:
+        return ""
+    digest = hashlib.sha256()
+    for name in names:
+        digest.update(name.encode())
+        digest.update(state[name].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:12]
 
 
 def model_class_for(config: CodecConfig) -> type[VoxtokCodec]:

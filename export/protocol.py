@@ -111,10 +111,15 @@ def pcm_to_float(data: bytes, sample_format: str) -> np.ndarray:
 
 
 def float_to_pcm(samples: np.ndarray, sample_format: str) -> bytes:
-    """float32 samples -> PCM bytes; int16 output is clipped to [-1, 1] and rounded."""
+    """float32 samples -> PCM bytes; int16 is scaled by 32768, rounded and clipped to [-32768, 32767].
+
+    The same 32768 as pcm_to_float, so int16 -> float -> int16 gives back the same samples: a client that
+    sends int16 audio it received (or read from a 16-bit file) gets codes of exactly those samples.
+    """
     samples = np.asarray(samples, dtype=np.float32).reshape(-1)
     if sample_format == "int16":
-        return np.round(np.clip(samples, -1.0, 1.0) * 32767.0).astype(SAMPLE_FORMATS["int16"]).tobytes()
+        scaled = np.clip(np.round(samples.astype(np.float64) * 32768.0), -32768, 32767)
+        return scaled.astype(SAMPLE_FORMATS["int16"]).tobytes()
     return samples.astype(SAMPLE_FORMATS["float32"]).tobytes()
 
 

@@ -213,9 +213,42 @@ def test_save_load_and_token_files_of_the_other_version_are_refused(tiny_model, 
     assert header.model_id == "tiny-v2" and header.frame_rate == 50
 
 
+def test_a_fine_tune_under_the_same_name_refuses_the_old_weights_token_files(tiny_model, tmp_path):
+    """An export names its codebooks in config.json (and so in config_hash): other weights of the same model
+    refuse its token files, which they would decode to noise; a training checkpoint names none."""
+    import copy
+
+    from codec.compress import compress, decompress
+    from codec.model import codebooks_fingerprint
+
+    tiny_model.save_pretrained(tmp_path / "old", half=True, inference_only=True)
+    tuned = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        tuned.quantizer.rvq.layers[0]._codebook.embed.add_(0.01)
+    tuned.save_pretrained(tmp_path / "new", half=True, inference_only=True)
+    old, new = load_codec(tmp_path / "old"), load_codec(tmp_path / "new")
+    names = [json.loads((tmp_path / d / "config.json").read_text())["codebooks_hash"] for d in ("old", "new")]
+    assert names[0] == codebooks_fingerprint(tiny_model.state_dict()) and names[0] != names[1]
+    assert old.model_id == new.model_id and old.config.config_hash() != new.config.config_hash()
+    samples = voiced_signal(0.5)
+    data = compress(old, samples, SR)
+    with pytest.raises(VoxtokError, match="made by model tiny-v2 .* decode with the model folder that encoded it"):
+        decompress(new, data)
+    assert len(decompress(old, data)[0]) == len(samples)
+    # A checkpoint's codebooks keep moving: it records none, and keeps the hash its config always had.
+    tiny_model.save_pretrained(tmp_path / "checkpoint")
+    assert load_codec(tmp_path / "checkpoint").config.codebooks_hash == ""
+    assert load_codec(tmp_path / "checkpoint").config.config_hash() == tiny_model.config.config_hash()
+    # config.json of one export beside the weights of another: refused, not silently mismatched.
+    (tmp_path / "new" / "config.json").write_text((tmp_path / "old" / "config.json").read_text())
+    with pytest.raises(VoxtokError, match="files from two different exports"):
+        load_codec(tmp_path / "new")
+
+
 def test_v2_config_is_validated(tmp_path):
     for bad in ({"architecture": "harmonic", "bands": 2}, {"architecture": "harmonic", "pitch_window": 100},
-                {"architecture": "harmonic", "pitch_lags": "many"}):
+                {"architecture": "harmonic", "pitch_lags": "many"},
+                {"architecture": "harmonic", "codebooks_hash": "x"}):
         folder = tmp_path / str(len(list(tmp_path.iterdir())))
         folder.mkdir()
         (folder / "config.json").write_text(json.dumps({**tiny_config().to_dict(), **bad}))

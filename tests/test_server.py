@@ -28,7 +28,7 @@ from websockets.exceptions import ConnectionClosed  # noqa: E402
 from codec.errors import VoxtokError  # noqa: E402
 from export import loadtest  # noqa: E402
 from export.client import ServerError, StreamClient, decode, encode, health, run_pipelined  # noqa: E402
-from export.protocol import codes_to_bytes  # noqa: E402
+from export.protocol import codes_to_bytes, float_to_pcm, pcm_to_float  # noqa: E402
 from export.runtime import ExportedCodec, OfflineCodec  # noqa: E402
 from export.server import BackgroundServer, ServerConfig  # noqa: E402
 
@@ -91,8 +91,18 @@ def test_round_trip_equals_offline_runtime(server, speech, offline):
     assert np.array_equal(low, ref_codes[:3])
 
 
+def test_int16_pcm_round_trips_every_sample_value():
+    every = np.arange(-32768, 32768, dtype=np.int16)
+    samples = pcm_to_float(every.tobytes(), "int16")
+    assert samples.min() == -1.0 and samples.max() == 32767 / 32768
+    assert np.array_equal(np.frombuffer(float_to_pcm(samples, "int16"), dtype="<i2"), every)
+    # Out of range and between levels: clipped and rounded to the nearest level.
+    edges = np.frombuffer(float_to_pcm(np.array([1.5, -1.5, 1.0, 0.4 / 32768, 0.6 / 32768]), "int16"), "<i2")
+    assert edges.tolist() == [32767, -32768, 32767, 0, 1]
+
+
 def test_int16_streams_match_offline_on_the_same_samples(server, codec, speech):
-    quantized = np.round(np.clip(speech, -1, 1) * 32767).astype(np.int16).astype(np.float32) / 32768
+    quantized = np.clip(np.round(speech * 32768), -32768, 32767).astype(np.int16).astype(np.float32) / 32768
     codes = encode(server.url, quantized, SR, chunk_samples=800, sample_format="int16")
     assert np.array_equal(codes, OfflineCodec(codec).encode(quantized))
     audio = decode(server.url, codes, SR, sample_format="int16", num_samples=len(speech))
