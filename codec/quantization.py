@@ -10,6 +10,23 @@ from torch import nn
 from vector_quantize_pytorch import ResidualVQ
 
 
+def dead_code_churn_warning(threshold: float, frames_per_step: float, codebook_size: int) -> str | None:
+    """A warning line when dead-code expiry would re-draw a large share of every codebook at every step.
+
+    vector-quantize-pytorch replaces each code whose EMA use per step is below `threshold` with a vector of the
+    batch. EnCodec's 2.0 is 0.4x the mean use with its 4,800 frames per step over 1,024 codes; at v2's 1,600 frames
+    (mean use 1.56) it re-drew 43-55% of every codebook at every step, so the codebooks never settled and a shipped
+    model's were half a snapshot of its last batch. Above a quarter of the mean use this says so."""
+    if threshold <= 0 or frames_per_step <= 0:
+        return None
+    mean_use = frames_per_step / codebook_size
+    if threshold <= 0.25 * mean_use:
+        return None
+    return (f"warning: dead_code_threshold {threshold:g} is {threshold / mean_use:.2f}x a code's mean use per step "
+            f"({frames_per_step:.0f} frames over {codebook_size} codes): much of every codebook will be re-drawn at "
+            f"every step; use at most {0.25 * mean_use:.2g} or larger batches")
+
+
 class ResidualQuantizer(nn.Module):
     def __init__(self, dim: int, num_quantizers: int, codebook_size: int, decay: float = 0.99,
                  dead_code_threshold: float = 2.0, kmeans_iters: int = 10):

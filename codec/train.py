@@ -36,6 +36,7 @@ from codec.losses import (
     generator_adversarial_loss,
 )
 from codec.model import model_class_for
+from codec.quantization import ResidualQuantizer, dead_code_churn_warning
 from codec.recipe import read_recipe_tables
 
 
@@ -226,6 +227,11 @@ class Trainer:
         self.out = Path(cfg.out_dir)
         self.ckpt = self.out / "checkpoint"
         self.writer = None
+        if isinstance(getattr(self.model, "quantizer", None), ResidualQuantizer) and self.rank == 0:
+            frames = cfg.batch_size * cfg.crop_seconds * model_cfg.frame_rate
+            churn = dead_code_churn_warning(model_cfg.dead_code_threshold, frames, model_cfg.codebook_size)
+            if churn:
+                print(churn)
 
     # ---- data ------------------------------------------------------------------------------------
     def build_data(self) -> None:

@@ -147,3 +147,20 @@ def test_packed_checkpoint_is_small_and_resumes(tmp_path, real_root):
             assert torch.equal(value.cpu(), weights[name])
     resumed.train()
     assert resumed.step == 6
+
+
+@pytest.mark.parametrize("threshold, churns", [(2.0, True), (0.1, False)])
+def test_dead_code_expiry_near_the_mean_use_redraws_the_codebook_every_step(threshold, churns):
+    """With 64 frames per step over 64 codes (mean use 1), a threshold of 2 re-draws most of the codebook at every
+    step, however long it trains; a threshold of 0.1 lets it settle. The trainer's warning says which is which."""
+    from codec.quantization import ResidualQuantizer, dead_code_churn_warning
+
+    torch.manual_seed(0)
+    centres = torch.randn(16, 8) * 3
+    quantizer = ResidualQuantizer(8, 1, 64, dead_code_threshold=threshold, kmeans_iters=2).train()
+    for _ in range(60):
+        batch = centres[torch.randint(0, 16, (64,))] + 0.3 * torch.randn(64, 8)
+        quantizer(batch.t()[None])
+    redrawn = (quantizer.rvq.layers[0]._codebook.cluster_size == threshold).float().mean().item()
+    assert (redrawn > 0.3) if churns else (redrawn < 0.05), redrawn
+    assert (dead_code_churn_warning(threshold, 64, 64) is not None) == churns
