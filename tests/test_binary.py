@@ -228,7 +228,11 @@ def test_other_model_is_refused(tmp_path: Path) -> None:
         "this is model voxtok-24k-v2 (config 0000aaaa)"
     )
     other_config = error_of(read_vtok, path, expect_model_id=header.model_id, expect_config_hash="ff")
-    assert other_config.endswith("this is model voxtok-16k-v1 (config ff)")
+    # Same model, other weights: the line names both configs and says what to do.
+    assert other_config == (
+        f"{path}: made by model voxtok-16k-v1 (config 3f2a9c1b4d5e), "
+        "this is model voxtok-16k-v1 (config ff); decode with the model folder that encoded it"
+    )
 
 
 def test_failed_write_leaves_no_file(tmp_path: Path) -> None:
