@@ -43,20 +43,55 @@ RATE_WEIGHTS = {"wer": "n_words", "cer": "n_chars", "dwer": "n_asr_words", "per"
 # ---------------------------------------------------------------- alignment
 
 
-def align(ref: np.ndarray, deg: np.ndarray, max_lag_s: float = 0.25) -> tuple[np.ndarray, int]:
-    """Undo a constant delay: return `deg` shifted to best match `ref` (same length as ref) and the lag.
+# The coarse lag comes from the signals' level envelopes: 10 ms power every 1 ms, in dB over a 60 dB range.
+_ENVELOPE_HOP = 16
+_ENVELOPE_WINDOW = 160
+_ENVELOPE_RANGE_DB = 60.0
+# Waveforms that correlate at least this well (normalised) within ±5 ms of the coarse lag refine it to the sample
+# (on noisy meeting speech the envelope's peak can sit 2-3 ms off a waveform codec's true delay).
+_WAVEFORM_MATCH = 0.5
+_WAVEFORM_SEARCH = 80
 
-    The lag (in samples, positive when deg is late) maximises the cross-correlation within ±max_lag_s.
-    Codecs and their containers add different fixed delays; without this, sample-wise metrics (SI-SDR,
-    mel, STFT) would punish a delay the listener never hears.
-    """
-    max_lag = int(max_lag_s * SAMPLE_RATE)
+
+def _cross_correlation(ref: np.ndarray, deg: np.ndarray, max_lag: int) -> tuple[np.ndarray, np.ndarray]:
+    """(lags, correlation of deg against ref at each lag) for lags within ±max_lag; positive when deg is late."""
     n = len(ref) + len(deg) - 1
     size = 1 << max(1, (n - 1).bit_length())
     corr = np.fft.irfft(np.fft.rfft(deg, size) * np.conj(np.fft.rfft(ref, size)), size)
     lags = np.concatenate([np.arange(0, min(max_lag, len(deg) - 1) + 1), np.arange(-min(max_lag, len(ref) - 1), 0)])
-    values = corr[lags % size]
-    lag = int(lags[int(np.argmax(values))]) if np.max(values) > 0 else 0
+    return lags, corr[lags % size]
+
+
+def _level_envelope(x: np.ndarray) -> np.ndarray:
+    power = np.convolve(x.astype(np.float64) ** 2, np.ones(_ENVELOPE_WINDOW) / _ENVELOPE_WINDOW, mode="same")
+    level = 10.0 * np.log10(power[::_ENVELOPE_HOP] + 1e-12)
+    level = np.maximum(level, level.max() - _ENVELOPE_RANGE_DB)
+    return level - level.mean()
+
+
+def align(ref: np.ndarray, deg: np.ndarray, max_lag_s: float = 0.25) -> tuple[np.ndarray, int]:
+    """Undo a constant delay: return `deg` shifted to best match `ref` (same length as ref) and the lag.
+
+    Codecs and their containers add different fixed delays; without this, sample-wise metrics (SI-SDR,
+    mel, STFT) would punish a delay the listener never hears. The lag (in samples, positive when deg is late,
+    within ±max_lag_s) is found in two steps. First the level envelopes are cross-correlated (1 ms steps):
+    that holds for any decoder, including those whose waveform does not follow the original's phase
+    (vocoders, voxtok's harmonic synthesiser), where the waveforms' own cross-correlation peaks at a chance
+    lag (measured on codec v2: lags of -129 to +65 ms where the true delay is 0, which cost it 0.1 STOI).
+    Then, where the waveforms do match (normalised correlation >= 0.5 within ±5 ms of that lag), the waveform
+    peak there gives the lag to the sample.
+    """
+    max_lag = int(max_lag_s * SAMPLE_RATE)
+    env_ref, env_deg = _level_envelope(ref), _level_envelope(deg)
+    coarse_lags, coarse = _cross_correlation(env_ref, env_deg, max_lag // _ENVELOPE_HOP)
+    lag = int(coarse_lags[int(np.argmax(coarse))]) * _ENVELOPE_HOP if np.max(coarse) > 0 else 0
+    lags, corr = _cross_correlation(ref.astype(np.float64), deg.astype(np.float64), max_lag)
+    near = np.abs(lags - lag) <= _WAVEFORM_SEARCH
+    norm = float(np.linalg.norm(ref) * np.linalg.norm(deg))
+    if norm > 0 and near.any():
+        best = int(np.argmax(np.where(near, corr, -np.inf)))
+        if corr[best] / norm >= _WAVEFORM_MATCH:
+            lag = int(lags[best])
     shifted = deg[lag:] if lag >= 0 else np.concatenate([np.zeros(-lag, dtype=deg.dtype), deg])
     return fit_length(shifted, len(ref)), lag
 
