@@ -115,8 +115,9 @@ def _notes(result: dict) -> str:
     notes = [
         "- kbps is the true bitrate, 8 × encoded bytes / duration, containers and headers included. "
         "RTF is wall time / audio duration (tool start-up included).",
-        "- Decoded audio is aligned to the reference (constant delay removed by cross-correlation) before "
-        "the signal metrics. PESQ is P.862.2 wideband; DNSMOS is P.835 (needs no reference).",
+        "- Decoded audio is aligned to the reference before the signal metrics (a constant delay, found from the "
+        "level envelopes and refined on the waveform where the waveforms match). PESQ is P.862.2 wideband; "
+        "DNSMOS is P.835 (needs no reference).",
         "- WER/CER (pocketsphinx en-us) and PER (hama phone recogniser vs hama G2P of the transcript) are "
         "corpus rates over files with a transcript; the `original` row is each recogniser's own error on the "
         "unprocessed audio, the floor for every system. dWER/dPER score the decoded audio's recognition against "

@@ -1,13 +1,14 @@
 """Where v2's voicing decision error (VDE) comes from: the training target's tracker against the metric's.
 
     python recipes/experiments/voicing_trackers.py [ROOT] [--model voxtok-16k-v2] [--files 24] [--bitrate 1.5]
-        [--shifts 0,1,2,3]
+        [--shifts 0,1,2,3] [--split dev|train]
 
 `voxtok eval` scores voicing with WORLD's DIO on the original and on the decoded audio; v2 learned its voicing
 from WORLD's Harvest (codec.data.pitch). On the first N non-digit dev files this prints (1) Harvest against DIO
 on the originals, (2) the decoded audio against the original by DIO, split into misses (voiced in the original,
 unvoiced decoded) and false alarms, with GPE and PESQ-WB, for each shift of the voicing logit (a decode-time
-threshold: -k on the logit before the sigmoid).
+threshold: -k on the logit before the sigmoid). `--split train` takes N files spread evenly over the train split
+instead (a threshold chosen there is not chosen on the files it is scored on).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=24)
     parser.add_argument("--bitrate", type=float, default=1.5)
     parser.add_argument("--shifts", default="0,1,2,3")
+    parser.add_argument("--split", default="dev", choices=["dev", "train"])
     args = parser.parse_args()
     from pesq import pesq
 
@@ -57,7 +59,11 @@ def main() -> None:
     model = load_codec(args.model)
     n_q = model.num_quantizers_for(args.bitrate)
     root = Path(args.root)
-    entries = [e for e in select(read_manifest(root), read_split("dev")) if "digits" not in e.tags][: args.files]
+    entries = [e for e in select(read_manifest(root), read_split(args.split)) if "digits" not in e.tags]
+    if args.split == "dev":
+        entries = entries[: args.files]
+    else:  # the train split is ordered by corpus: spread the files over all of it
+        entries = entries[:: max(1, len(entries) // args.files)][: args.files]
     squash = SynthParameters.squash
     shifts = [float(s) for s in args.shifts.split(",")]
     trackers, rows = [], {k: [] for k in shifts}
@@ -85,7 +91,7 @@ def main() -> None:
     def mean(items: list[dict], key: str) -> float:
         return float(np.mean([i[key] for i in items if i.get(key) is not None]))
 
-    print(f"{len(entries)} dev files, {model.model_id} at {args.bitrate} kbps ({n_q} codebooks)")
+    print(f"{len(entries)} {args.split} files, {model.model_id} at {args.bitrate} kbps ({n_q} codebooks)")
     print(f"Harvest vs DIO on the originals: VDE {100 * mean(trackers, 'vde'):.1f}% (Harvest voiced where DIO is "
           f"not: {100 * mean(trackers, 'false_alarm'):.1f}%, the reverse: {100 * mean(trackers, 'miss'):.1f}%)")
     for shift, items in rows.items():
