@@ -252,6 +252,14 @@ class HarmonicDecoder(StreamingSequential):
     def synth(self) -> HarmonicSynth:
         return self.layers[-1]
 
+    def synth_parameters(self, latents: torch.Tensor) -> torch.Tensor:
+        """What the synthesiser is given for these latents [B, latent_dim, T]: [B, channels, T * subframes] (log-mel,
+        F0 in Hz, voicing, aperiodicity), for experiments that alter parameters before synthesis."""
+        x = latents
+        for layer in self.layers[:-1]:
+            x = layer(x)
+        return x
+
     def raw_parameters(self, latents: torch.Tensor) -> torch.Tensor:
         """Training: the head's unsquashed outputs [B, channels, T * subframes], for the regression losses."""
         x = latents

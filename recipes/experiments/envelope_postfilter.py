@@ -71,9 +71,7 @@ def main() -> None:
         wav = torch.from_numpy(ref).double()[None, None]
         with torch.no_grad():
             codes = codec.encode(wav, codec.num_quantizers_for(args.bitrate))
-            x = codec.quantizer.decode(codes).to(codec.decoder_dtype)
-            for layer in codec.decoder.layers[:-1]:
-                x = layer(x)
+            x = codec.decoder.synth_parameters(codec.quantizer.decode(codes).to(codec.decoder_dtype))
         for beta, matrix in filters.items():
             params = x.clone()
             params[0, : cfg.bands] = (matrix.to(params.dtype) @ params[0, : cfg.bands]).clamp(

@@ -52,10 +52,7 @@ def main() -> None:
         wav = torch.from_numpy(ref).double()[None, None]
         with torch.no_grad():
             codes = codec.encode(wav, codec.num_quantizers_for(args.bitrate))
-            x = codec.quantizer.decode(codes).to(codec.decoder_dtype)
-            for layer in codec.decoder.layers[:-1]:
-                x = layer(x)
-            predicted = x[0]  # [bands + 2 + ap, J]
+            predicted = codec.decoder.synth_parameters(codec.quantizer.decode(codes).to(codec.decoder_dtype))[0]
             true_env = analysis(wav)[0]
         frames = predicted.shape[-1]
         feats = world_features(ref, cfg.sample_rate, cfg.subframe, 8, method="harvest")
