@@ -4,7 +4,8 @@
 # which is how the test suite checks it (tests/test_harmonic_codec.py, on a tiny recipe).
 #
 #   bash recipes/gpu_burst.sh [RECIPE] [CHECKPOINT] [MINUTES]
-#   defaults: recipes/codec_v2.toml recipes/checkpoints/codec_v2 9
+#   defaults: recipes/codec_v2_continue.toml recipes/checkpoints/codec_v2 9 (codec_v2.toml ended its schedule at
+#   step 12000, the committed checkpoint; the continuation runs a second, lower cosine)
 #
 # A speech LM recipe (one whose [train] table names a corpus) runs `python -m lm train` instead; its corpus must
 # travel: run(command="bash recipes/gpu_burst.sh recipes/lm_discrete_small.toml
@@ -15,7 +16,7 @@
 # computing them there would take the whole lease. Then copy $OUT/checkpoint over recipes/checkpoints/codec_v2.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-recipe=${1:-recipes/codec_v2.toml}
+recipe=${1:-recipes/codec_v2_continue.toml}
 checkpoint=${2:-recipes/checkpoints/codec_v2}
 minutes=${3:-9}
 out=${OUT:-runs/gpu_burst}
