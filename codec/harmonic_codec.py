@@ -255,10 +255,7 @@ class HarmonicDecoder(StreamingSequential):
     def synth_parameters(self, latents: torch.Tensor) -> torch.Tensor:
         """What the synthesiser is given for these latents [B, latent_dim, T]: [B, channels, T * subframes] (log-mel,
         F0 in Hz, voicing, aperiodicity), for experiments that alter parameters before synthesis."""
-        x = latents
-        for layer in self.layers[:-1]:
-            x = layer(x)
-        return x
+        return self.parameters_head.squash(self.raw_parameters(latents))
 
     def raw_parameters(self, latents: torch.Tensor) -> torch.Tensor:
         """Training: the head's unsquashed outputs [B, channels, T * subframes], for the regression losses."""

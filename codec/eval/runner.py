@@ -112,6 +112,12 @@ def select(
     return chosen
 
 
+def spread_evenly(entries: list[Entry], count: int) -> list[Entry]:
+    """`count` entries spread over the whole list: the train split is ordered by corpus, so its first N files are
+    one corpus's."""
+    return entries[:: max(1, len(entries) // count)][:count]
+
+
 class Runner:
     """Evaluates each system on each entry. Nothing a single file does stops the run: a reference that cannot
     be read, or a system that fails on it, is recorded with its message and counted."""

@@ -25,7 +25,7 @@ import torch
 from codec.audio import load_audio
 from codec.compress import load_codec
 from codec.eval.metrics import MetricSuite, parse_metric_list
-from codec.eval.runner import read_manifest, read_split, select
+from codec.eval.runner import read_manifest, read_split, select, spread_evenly
 
 
 def postfilter_matrix(bands: int, beta: float, sigma: float) -> torch.Tensor:
@@ -54,10 +54,7 @@ def main() -> None:
     codec = load_codec(args.model)
     cfg = codec.config
     entries = [e for e in select(read_manifest(Path(args.root)), read_split(args.split)) if "digits" not in e.tags]
-    if args.split == "dev":
-        entries = entries[: args.files]
-    else:  # the train split is ordered by corpus: spread the files over all of it
-        entries = entries[:: max(1, len(entries) // args.files)][: args.files]
+    entries = entries[: args.files] if args.split == "dev" else spread_evenly(entries, args.files)
     suite = MetricSuite(parse_metric_list(args.metrics))
     synth = codec.decoder.synth
     betas = [float(b) for b in args.betas.split(",")]

@@ -24,7 +24,7 @@ import torch
 from codec.compress import decode_codes, encode_samples, load_codec
 from codec.config import DEFAULT_MODEL
 from codec.eval.metrics import f0_track, pitch_errors
-from codec.eval.runner import read_manifest, read_split, select
+from codec.eval.runner import read_manifest, read_split, select, spread_evenly
 from codec.harmonic_codec import SynthParameters
 
 
@@ -60,10 +60,7 @@ def main() -> None:
     n_q = model.num_quantizers_for(args.bitrate)
     root = Path(args.root)
     entries = [e for e in select(read_manifest(root), read_split(args.split)) if "digits" not in e.tags]
-    if args.split == "dev":
-        entries = entries[: args.files]
-    else:  # the train split is ordered by corpus: spread the files over all of it
-        entries = entries[:: max(1, len(entries) // args.files)][: args.files]
+    entries = entries[: args.files] if args.split == "dev" else spread_evenly(entries, args.files)
     squash = SynthParameters.squash
     shifts = [float(s) for s in args.shifts.split(",")]
     trackers, rows = [], {k: [] for k in shifts}
