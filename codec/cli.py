@@ -13,7 +13,7 @@ import sys
 from codec.errors import VoxtokError
 
 # Module names under codec.commands; a module that is missing (e.g. an optional extra) is skipped.
-COMMANDS = ["encode", "decode", "info", "roundtrip", "train", "synth", "eval", "bench"]
+COMMANDS = ["encode", "decode", "info", "roundtrip", "train", "synth", "eval", "bench", "teacher"]
 ENTRY_POINT_GROUP = "voxtok.commands"
 
 

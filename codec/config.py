@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 # The shipped model `voxtok` uses when no --model is given, in PyTorch and on the ONNX path (`export onnx`,
@@ -43,6 +43,10 @@ class CodecConfig:
     # architecture but moves the codebooks, so codes of the old weights decode to noise with the new ones: with
     # this in config_hash, such token files are refused instead.
     codebooks_hash: str = ""
+    # Which codebooks (0-based) were trained to carry phones or meaning (semantic / contextual / teacher
+    # distillation terms; the exporter records them): what an LM or a probe should read first. It does not change
+    # what the codes mean, so it is not part of config_hash.
+    semantic_codebooks: list[int] = field(default_factory=list)
 
     @property
     def frame_rate(self) -> float:
@@ -106,6 +110,11 @@ class CodecConfig:
             raise ValueError("window must be at least one subframe")
         if self.codebooks_hash and not re.fullmatch(r"[0-9a-f]{12}", self.codebooks_hash):
             raise ValueError(f"codebooks_hash must be empty or 12 hex digits, got {self.codebooks_hash!r}")
+        if not isinstance(self.semantic_codebooks, list) or any(
+                not isinstance(k, int) or isinstance(k, bool) or not 0 <= k < self.num_quantizers
+                for k in self.semantic_codebooks):
+            raise ValueError(f"semantic_codebooks must list codebook indices in [0, {self.num_quantizers}), "
+                             f"got {self.semantic_codebooks!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -131,7 +140,7 @@ class CodecConfig:
 
     def config_hash(self) -> str:
         """Short hash of everything that changes which codes mean what (not the name)."""
-        data = {k: v for k, v in self.to_dict().items() if k != "name"}
+        data = {k: v for k, v in self.to_dict().items() if k not in ("name", "semantic_codebooks")}
         if not data["codebooks_hash"]:
             del data["codebooks_hash"]  # folders from before it was recorded keep their hash
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
@@ -257,7 +266,7 @@ def config_from_dict(data: dict) -> CodecConfig:
     return CodecConfig.from_dict(data)
 
 
-_FIELD_TYPES = {"str": str, "int": int, "float": float}
+_FIELD_TYPES = {"str": str, "int": int, "float": float, "list[int]": list}  # list items: checked in validate
 # Inclusive bounds: generous for any speech codec this design can describe, tight enough that no config can ask
 # for a model too large to build (the parameter count is checked again before the weights are allocated).
 _BOUNDS = {

@@ -43,6 +43,7 @@ class LossTerm(nn.Module):
 
     name: str = ""
     needs: frozenset[str] = frozenset()
+    codebook: int = 1  # the codebook (1-based) the term distils into; the export records it as semantic
 
     def __init__(self, latent_dim: int, weight: float = 1.0, lr: float = 0.0):
         super().__init__()
@@ -157,10 +158,11 @@ class ContextTerm(LossTerm):
 @register
 class TeacherTerm(LossTerm):
     """Distillation from a speech encoder's hidden states (SpeechTokenizer / DM-Codec): a projection of RVQ-1
-    follows layer `layer` of a frozen teacher (HuBERT or WavLM layout, loaded by transformers from the local
-    folder `model`) with the d_axis loss. The teacher's frames (20 ms, 400-sample receptive field for HuBERT
-    base) are matched to the codec's frames by index, the last repeated to the codec's length. The teacher is
-    not part of this term's state: checkpoints keep only the projection."""
+    follows layer `layer` of a frozen teacher with the d_axis loss. The teacher is a local folder: a HuBERT or
+    WavLM (loaded by transformers), or voxtok's own phone-CTC recogniser (codec.phone_teacher, model_type
+    "voxtok-phone-ctc"). The teacher's frames (20 ms) are matched to the codec's frames by index, the last
+    repeated to the codec's length. The teacher is not part of this term's state: checkpoints keep only the
+    projection."""
 
     name = "teacher"
     needs = frozenset({"audio"})
@@ -170,25 +172,32 @@ class TeacherTerm(LossTerm):
         super().__init__(latent_dim, weight, lr)
         from pathlib import Path
 
+        from codec.phone_teacher import PhoneCTC, is_phone_ctc_folder
+
         folder = Path(model)
         if not model or not (folder / "config.json").is_file():
             raise ValueError(f"model must be a local folder with config.json (got {model!r})")
-        try:
-            from transformers import AutoModel
-        except ImportError:
-            raise ValueError("a teacher needs transformers (pip install 'voxtok[distill]')") from None
-        teacher = AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
+        self.normalise = False
+        if is_phone_ctc_folder(folder):
+            teacher = PhoneCTC.from_pretrained(folder)
+            hidden = teacher.cfg.dim
+        else:
+            try:
+                from transformers import AutoModel
+            except ImportError:
+                raise ValueError("a teacher needs transformers (pip install 'voxtok[distill]')") from None
+            teacher = AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
+            hidden = int(teacher.config.hidden_size)
+            preprocessor = folder / "preprocessor_config.json"
+            if preprocessor.is_file():
+                import json
+
+                self.normalise = bool(json.loads(preprocessor.read_text()).get("do_normalize", False))
         for p in teacher.parameters():
             p.requires_grad_(False)
         object.__setattr__(self, "teacher", teacher)  # not a submodule: kept out of state_dict and optimizers
-        self.normalise = False
-        preprocessor = folder / "preprocessor_config.json"
-        if preprocessor.is_file():
-            import json
-
-            self.normalise = bool(json.loads(preprocessor.read_text()).get("do_normalize", False))
+        self.own = is_phone_ctc_folder(folder)
         self.layer, self.codebook = int(layer), int(codebook)
-        hidden = int(teacher.config.hidden_size)
         self.projection = nn.Conv1d(latent_dim, hidden, 1)
 
     def teacher_states(self, audio: torch.Tensor, frames: int) -> torch.Tensor:
@@ -198,7 +207,10 @@ class TeacherTerm(LossTerm):
             x = (x - x.mean(1, keepdim=True)) / (x.std(1, keepdim=True) + 1e-7)
         with torch.no_grad():
             self.teacher.to(x.device)
-            states = self.teacher(x, output_hidden_states=True).hidden_states[self.layer]
+            if self.own:
+                states = self.teacher(x, output_hidden_states=True)[2][self.layer]
+            else:
+                states = self.teacher(x, output_hidden_states=True).hidden_states[self.layer]
         if states.shape[1] < frames:
             states = torch.cat([states, states[:, -1:].expand(-1, frames - states.shape[1], -1)], dim=1)
         return states[:, :frames]

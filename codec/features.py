@@ -35,16 +35,17 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0,
 class LogMel(torch.nn.Module):
     """Log-mel spectrogram [B, n_mels, frames] of a [B, N] or [B, 1, N] waveform."""
 
-    def __init__(self, sample_rate: int, n_fft: int, hop_length: int, n_mels: int, floor: float = 1e-5):
+    def __init__(self, sample_rate: int, n_fft: int, hop_length: int, n_mels: int, floor: float = 1e-5,
+                 pad_mode: str = "reflect"):
         super().__init__()
-        self.n_fft, self.hop_length, self.floor = n_fft, hop_length, floor
+        self.n_fft, self.hop_length, self.floor, self.pad_mode = n_fft, hop_length, floor, pad_mode
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
         self.register_buffer("filters", mel_filterbank(sample_rate, n_fft, n_mels), persistent=False)
 
     def magnitude(self, wav: torch.Tensor) -> torch.Tensor:
         wav = wav.reshape(-1, wav.shape[-1])
         spec = torch.stft(wav, self.n_fft, self.hop_length, window=self.window, center=True,
-                          return_complex=True)
+                          pad_mode=self.pad_mode, return_complex=True)
         return spec.abs()
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:

@@ -141,6 +141,10 @@ class VoxtokCodec(nn.Module):
         return self.config.codebook_size
 
     @property
+    def semantic_codebooks(self) -> tuple[int, ...]:
+        return tuple(self.config.semantic_codebooks)
+
+    @property
     def decoder_delay(self) -> int:
         return self.config.decoder_delay
 

@@ -29,6 +29,10 @@ class Tokenizer(Protocol):
         """Entries per codebook: every code is in [0, cardinality)."""
 
     @property
+    def semantic_codebooks(self) -> tuple[int, ...]:
+        """Codebooks (0-based) trained to carry phones or meaning by a distillation term; empty when none."""
+
+    @property
     def decoder_delay(self) -> int:
         """Samples the decoder's streaming output runs behind its input (dropped at the start of a stream)."""
 

@@ -145,6 +145,13 @@ class HarmonicTrainer(Trainer):
 
     config_class = HarmonicTrainConfig
 
+    def prepare_export(self) -> None:
+        """Record the codebooks the recipe's distillation terms trained (they are the semantic ones)."""
+        from dataclasses import replace
+
+        semantic = sorted({term.codebook - 1 for term in self.terms.values()})
+        self.model.config = replace(self.model.config, semantic_codebooks=semantic)
+
     def __init__(self, model_cfg: HarmonicCodecConfig, cfg: HarmonicTrainConfig, device: str = "cpu",
                  progress: bool = True):
         super().__init__(model_cfg, cfg, device, progress)

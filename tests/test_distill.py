@@ -148,6 +148,21 @@ def test_context_term_loss_falls_in_a_tiny_training_run(tmp_path, real_root):
     assert np.mean(sentence[-4:]) < np.mean(sentence[:4])
     assert list((tmp_path / "context").rglob("*.npz"))
 
+    # The export records the distilled codebook (the context term's default, RVQ-1) in config.json: the
+    # tokenizer interface reports it; it does not change the config hash that .vtok headers carry.
+    from dataclasses import replace
+
+    from codec.compress import load_codec
+
+    assert trainer.model.semantic_codebooks == ()
+    trainer.prepare_export()
+    trainer.model.save_pretrained(tmp_path / "export", inference_only=True)
+    exported = load_codec(str(tmp_path / "export"))
+    assert exported.semantic_codebooks == (0,)
+    assert exported.config.config_hash() == replace(exported.config, semantic_codebooks=[]).config_hash()
+    with pytest.raises(ValueError, match="semantic_codebooks"):
+        replace(exported.config, semantic_codebooks=[exported.config.num_quantizers]).validate()
+
 
 def test_term_inputs_keep_the_first_codebook_name():
     vectors = [torch.zeros(1, 4, 3), torch.ones(1, 4, 3)]

@@ -109,8 +109,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"voxtok: {failures} of {len(plan)} files failed", file=sys.stderr)
         return 1
     if not args.quiet:
+        # Rows of a .npy are codebooks: say which of them carry phones (a .vtok's model name says the same).
+        semantic = [k for k in model.semantic_codebooks if k < n_q]
+        which = f"; semantic codebook rows: {', '.join(map(str, semantic))}" if semantic else \
+            "; no codebook is semantically distilled"
         print(f"encoded {len(plan)} file(s) at {n_q * model.config.kbps_per_codebook:g} kbps "
-              f"({n_q} codebooks) -> {args.output}", file=sys.stderr)
+              f"({n_q} codebooks{which}) -> {args.output}", file=sys.stderr)
     return 0
 
 
