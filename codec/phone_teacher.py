@@ -177,6 +177,7 @@ class TeacherTrainConfig:
     max_utterance_seconds: float = 12.0
     lr: float = 1.5e-3
     warmup_steps: int = 300
+    min_lr_ratio: float = 0.1
     weight_decay: float = 0.01
     log_every: int = 25
     checkpoint_every: int = 250
@@ -437,11 +438,9 @@ class TeacherTrainer:
             torch.set_rng_state(state["torch_rng"])
 
     def lr_at(self, step: int) -> float:
-        cfg = self.cfg
-        if step < cfg.warmup_steps:
-            return cfg.lr * (step + 1) / cfg.warmup_steps
-        progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
-        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+        from codec.train import learning_rate
+
+        return learning_rate(step, self.cfg.lr, self.cfg)
 
     def save(self) -> None:
         import shutil

@@ -154,6 +154,8 @@ def agree(flag: bool, world_size: int) -> bool:
 
 
 def learning_rate(step: int, base: float, cfg: TrainConfig) -> float:
+    """Linear warm-up over cfg.warmup_steps, then a cosine to cfg.min_lr_ratio of `base` at cfg.steps: the
+    schedule of every voxtok trainer (codecs, speech LMs, the phone teacher; any config with those fields)."""
     if step < cfg.warmup_steps:
         return base * (step + 1) / cfg.warmup_steps
     progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))

@@ -16,7 +16,6 @@ logs, evaluates and writes checkpoints.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time
@@ -85,10 +84,9 @@ def load_lm_recipe(path: str | Path) -> tuple[dict, LMTrainConfig]:
 
 
 def learning_rate(step: int, cfg: LMTrainConfig) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    from codec.train import learning_rate as warmup_cosine  # the one schedule rule, shared with the codecs
+
+    return warmup_cosine(step, cfg.lr, cfg)
 
 
 class LMTrainer:
