@@ -124,11 +124,18 @@ def _recipe(tmp_path: Path, cfg: TeacherTrainConfig) -> Path:
 
 
 def test_bad_input_is_one_line(tmp_path, capsys):
+    from codec.commands.teacher import DEFAULT_FOLDER
+
     junk = tmp_path / "junk.wav"
     junk.write_text("not audio")
     code = main(["teacher", "recognise", str(junk), "--model", str(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(err) == 1 and "phone recogniser folder" in err[0]
+    (tmp_path / "untranscribed").mkdir()
+    (tmp_path / "untranscribed" / "manifest.jsonl").write_text(json.dumps({"path": "a.wav", "text": None}) + "\n")
+    code = main(["teacher", "eval", "--model", str(DEFAULT_FOLDER), "--set", str(tmp_path / "untranscribed")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and "no transcribed files" in err[0]
     code = main(["teacher", "train", str(tmp_path / "none.toml")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(err) == 1 and "no such recipe" in err[0]

@@ -61,14 +61,19 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from codec.errors import VoxtokError
     from codec.phone_teacher import PhoneRecogniser, load_utterances, phone_error_rate
 
+    if args.files is not None and args.files < 1:
+        raise VoxtokError(f"--files must be at least 1, got {args.files}")
     recogniser = PhoneRecogniser.from_pretrained(args.model)
     figures = {}
     for spec in args.sets or ["data/synth_heldout", "../shared/data/real:dev"]:
         root, _, split = spec.partition(":")
         utterances, _ = load_utterances(root, split or None, recogniser.index, max_seconds=30.0, limit=args.files,
                                         progress=False)
+        if not utterances:
+            raise VoxtokError(f"{spec}: no transcribed files that the recogniser's phones can spell")
         figures[spec] = {"per": round(phone_error_rate(recogniser.model, utterances), 4), "files": len(utterances),
                          "phones": sum(len(u.phones) for u in utterances)}
         print(f"{spec}: PER {figures[spec]['per']:.1%} on {len(utterances)} files", flush=True)
