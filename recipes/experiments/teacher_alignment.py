@@ -3,8 +3,8 @@ distillation terms use), on real speech whose text is known.
 
 For each file both aligned, the text's espeak-ng phonemes are force-aligned by the recogniser (CTC Viterbi,
 20 ms) and grouped back into words; where espeak-ng and pocketsphinx agree on the word count, each word's start
-and end are compared. Prints the median and mean absolute boundary difference, the share within 20 / 50 ms, and the median signed
-difference of starts and of ends (ours minus pocketsphinx's).
+and end are compared. Prints the median and mean absolute boundary difference, the share within 20 / 50 ms,
+and the median signed difference of starts and of ends (ours minus pocketsphinx's).
 
     python recipes/experiments/teacher_alignment.py ../shared/data/real --split dev
 """
