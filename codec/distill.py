@@ -178,7 +178,8 @@ class TeacherTerm(LossTerm):
         if not model or not (folder / "config.json").is_file():
             raise ValueError(f"model must be a local folder with config.json (got {model!r})")
         self.normalise = False
-        if is_phone_ctc_folder(folder):
+        self.own = is_phone_ctc_folder(folder)
+        if self.own:
             teacher = PhoneCTC.from_pretrained(folder)
             hidden = teacher.cfg.dim
         else:
@@ -196,7 +197,6 @@ class TeacherTerm(LossTerm):
         for p in teacher.parameters():
             p.requires_grad_(False)
         object.__setattr__(self, "teacher", teacher)  # not a submodule: kept out of state_dict and optimizers
-        self.own = is_phone_ctc_folder(folder)
         self.layer, self.codebook = int(layer), int(codebook)
         self.projection = nn.Conv1d(latent_dim, hidden, 1)
 

@@ -441,13 +441,18 @@ class TeacherTrainer:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                            betas=(0.9, 0.98))
         self.step = 0
-        state_file = self.checkpoint / "trainer_state.pt"
+        state_file = self.checkpoint / "trainer_state.json"
         if state_file.is_file():
-            state = torch.load(state_file, weights_only=False)
-            self.optimizer.load_state_dict(state["optimizer"])
+            from safetensors.torch import load_file
+
+            from codec.train import restore_optimizer
+
+            state = json.loads(state_file.read_text())
+            tensors = load_file(str(self.checkpoint / "optimizer.safetensors"))
+            torch.set_rng_state(tensors.pop("rng.torch"))
+            restore_optimizer(self.optimizer, "o", tensors, state["optimizer"])
             self.step = int(state["step"])
             self.batcher.rng.bit_generator.state = state["batcher_rng"]
-            torch.set_rng_state(state["torch_rng"])
 
     def lr_at(self, step: int) -> float:
         from codec.train import learning_rate
@@ -455,24 +460,25 @@ class TeacherTrainer:
         return learning_rate(step, self.cfg.lr, self.cfg)
 
     def save(self) -> None:
+        """The checkpoint as the codec and LM trainers write theirs: safetensors and JSON (no pickle), the new one
+        whole before it replaces the last."""
+        import os
         import shutil
+
+        from safetensors.torch import save_file
+
+        from codec.train import optimizer_tensors
 
         tmp = self.out / "checkpoint.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         self.model.save_pretrained(tmp)
-        torch.save({"optimizer": self.optimizer.state_dict(), "step": self.step,
-                    "batcher_rng": self.batcher.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                    "train": asdict(self.cfg)}, tmp / "trainer_state.pt")
-        (tmp / "trainer_state.json").write_text(json.dumps({"step": self.step}) + "\n")
-        # The old checkpoint goes only once the new one is whole: an interrupted save loses nothing.
-        if self.checkpoint.exists():
-            old = self.out / "checkpoint.old"
-            shutil.rmtree(old, ignore_errors=True)
-            self.checkpoint.rename(old)
-            tmp.rename(self.checkpoint)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(self.checkpoint)
+        tensors, scalars = optimizer_tensors(self.optimizer, "o")
+        save_file({**tensors, "rng.torch": torch.get_rng_state()}, str(tmp / "optimizer.safetensors"))
+        (tmp / "trainer_state.json").write_text(json.dumps(
+            {"step": self.step, "optimizer": scalars, "batcher_rng": self.batcher.rng.bit_generator.state,
+             "train_config": asdict(self.cfg)}, indent=1) + "\n")
+        shutil.rmtree(self.checkpoint, ignore_errors=True)
+        os.replace(tmp, self.checkpoint)
 
     def evaluate(self) -> dict[str, float]:
         return {f"per/{name}": phone_error_rate(self.model, utts) for name, utts in self.heldout.items() if utts}
