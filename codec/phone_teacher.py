@@ -42,9 +42,6 @@ HOP = 320  # 20 ms frames, the codec's frame rate
 FRAME_SECONDS = HOP / SAMPLE_RATE
 MODEL_TYPE = "voxtok-phone-ctc"
 BLANK = "<blank>"
-# The recogniser's targets are espeak-ng's phonemes without word/clause boundaries and stress marks: neither is
-# a sound a 20 ms frame can show, and CTC would have to spend outputs on them.
-_DROPPED = {" ", "|", "ˈ", "ˌ"}
 
 
 @dataclass
@@ -188,10 +185,12 @@ class TeacherTrainConfig:
 
 
 def teacher_phones(text: str) -> list[str]:
-    """The recogniser's target for a text: espeak-ng phonemes, boundaries and stress dropped."""
-    from lm.phonemes import phonemize
+    """The recogniser's target for a text: espeak-ng phonemes without word/clause boundaries and stress marks
+    (lm.phonemes.SILENT): neither is a sound a 20 ms frame can show, and CTC would have to spend outputs on them."""
+    from lm.phonemes import phonemize, sounding
 
-    return [p for p in phonemize(text) if p not in _DROPPED]
+    symbols = phonemize(text)
+    return [symbols[i] for i in sounding(symbols)]
 
 
 def read_recipe(path: str | Path) -> tuple[dict, TeacherTrainConfig]:

@@ -1,7 +1,8 @@
 """lm/'s subcommands, registered with `voxtok` through the `voxtok.commands` entry point:
 
     voxtok tts "text" --voice prompt.wav -o out.wav [--model DIR] [--temperature T] [--top-k K] [--seed S]
-    voxtok lm corpus OUT --source DIR[:SPLIT] ... [--heldout DIR[:SPLIT]] [--tokenizer NAME]
+    voxtok lm corpus OUT --source DIR[:SPLIT] ... [--heldout DIR[:SPLIT]] [--tokenizer NAME] [--align]
+    voxtok lm align CORPUS [--recogniser DIR]
     voxtok lm train RECIPE [--steps N] [--max-minutes M] [--device cuda]
     voxtok lm bench [--model DIR | --recipe RECIPE] [--threads 1] [--decode]
     voxtok lm eval --model DIR --corpus data/lm_corpus [--num 100] [--unseen DIR[:SPLIT]] [-o report.json]
@@ -40,8 +41,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     corpus.add_argument("--tokenizer", default=None, help="default voxtok-16k-12hz")
     corpus.add_argument("--text-only", action="store_true",
                         help="only utterances with a transcript (untranscribed ones otherwise serve as voice prompts)")
+    corpus.add_argument("--align", action="store_true",
+                        help="also place each phoneme in time (`voxtok lm align`), for aligned LMs")
     corpus.add_argument("--quiet", action="store_true")
     corpus.set_defaults(func=run_corpus)
+    align = lm_sub.add_parser("align", help="place each phoneme of a corpus in time with voxtok's phone recogniser "
+                                            "(for phoneme-synchronous LMs: [model] aligned = true)")
+    align.add_argument("corpus")
+    align.add_argument("--recogniser", default=None,
+                       help="a voxtok-phone-ctc folder (default: the shipped codec/pretrained/voxtok-phone-ctc)")
+    align.add_argument("--quiet", action="store_true")
+    align.set_defaults(func=run_align)
     train = lm_sub.add_parser("train", help="train or resume the speech LM from a recipe")
     train.add_argument("recipe")
     train.add_argument("--steps", type=int, default=None)
@@ -128,6 +138,22 @@ def run_corpus(args: argparse.Namespace) -> int:
     meta = build_corpus(args.out_dir, sources, args.tokenizer, progress=not args.quiet)
     print(f"corpus {args.out_dir}: {meta['utterances']} utterances, {meta['hours']} h, "
           f"{len(meta['symbols'])} phoneme symbols, {len(meta['shards'])} shard(s)")
+    if args.align:
+        return run_align(argparse.Namespace(corpus=args.out_dir, recogniser=None, quiet=args.quiet))
+    return 0
+
+
+def run_align(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from codec.errors import VoxtokError
+    from lm.align import align_corpus
+
+    if args.recogniser is not None and not Path(args.recogniser).is_dir():
+        raise VoxtokError(f"{args.recogniser}: no such recogniser folder")
+    counts = align_corpus(args.corpus, args.recogniser, progress=not args.quiet)
+    print(f"aligned {counts['aligned']} utterances ({counts['hours']} h) in {args.corpus}; "
+          f"{counts['failed']} could not be aligned")
     return 0
 
 

@@ -8,6 +8,7 @@ Layout of OUT:
     utterances.jsonl       one line per utterance: id, split (train | heldout), speaker, text, phones, frames,
                            shard and offset
     shard_00000.npz        codes [frames, K] int16 (the FSQ twin) and latents [frames, D] float16 (normalised)
+    alignments.jsonl       where each phoneme sits in time (`voxtok lm align`, lm.align), for aligned LMs
 
 Deterministic: sources in the order given, rows in manifest order, one encoder pass per file (codes are the FSQ
 of the same latents). Utterances without text stay in the corpus: they serve as voice prompts (and unconditional
@@ -142,6 +143,8 @@ class Utterance:
     phones: list[str] | None
     codes: np.ndarray  # [K, T] int64
     latents: np.ndarray  # [D, T] float32
+    # (positions of the sounding phonemes, their spans in seconds) when the corpus is aligned (lm.align)
+    alignment: tuple[list[int], list[tuple[float, float]]] | None = None
 
 
 def load_corpus(folder: str | Path) -> tuple[dict, list[Utterance]]:
@@ -153,11 +156,15 @@ def load_corpus(folder: str | Path) -> tuple[dict, list[Utterance]]:
     for name in meta["shards"]:
         with np.load(folder / name) as data:
             shards.append((data["codes"], data["latents"]))
+    from lm.align import read_alignments
+
+    alignments = read_alignments(folder)
     utterances = []
     for line in (folder / "utterances.jsonl").read_text(encoding="utf-8").splitlines():
         u = json.loads(line)
         codes, latents = shards[u["shard"]]
         span = slice(u["offset"], u["offset"] + u["frames"])
         utterances.append(Utterance(u["id"], u["split"], u["speaker"], u["text"], u["phones"],
-                                    codes[span].T.astype(np.int64), latents[span].T.astype(np.float32)))
+                                    codes[span].T.astype(np.int64), latents[span].T.astype(np.float32),
+                                    alignments.get(u["id"])))
     return meta, utterances

@@ -4,6 +4,11 @@ Discrete: at step s codebook k samples group k of frame s - k (the delay pattern
 started yet are forced to the delay's padding, the end-of-speech token is only allowed in codebook 0, and once it
 is drawn the remaining K - 1 steps finish the frames already begun. Continuous: each step draws the next latent
 from the flow head and ends when the EOS head says so (probability above one half).
+
+Aligned LMs (SpeechLMConfig.aligned) walk their alignment state over the text as they go (AlignmentWalk): after
+each position the advance head says how far the next frame's state moves, and that frame's input carries the
+phonemes of its state. The advance is drawn at temperature 1 (argmax when sampling.temperature is 0): a sampled
+duration is a plausible one, while the argmax of a per-frame "move on?" decision can hold a phoneme for ever.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from lm.model import SPEECH, SpeechLM
-from lm.sequence import _speech, prefix
+from lm.sequence import _blank, _speech, aligned_inputs, prefix, sounding_ids
 
 
 @dataclass
@@ -50,11 +55,43 @@ def _draw(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) 
     return torch.multinomial(probs, 1, generator=generator)[..., 0]
 
 
+class AlignmentWalk:
+    """An aligned LM's place in its text during generation (lm.align's states: 2k before sounding phoneme k,
+    2k + 1 inside it, 2M after the last); <sep> starts it at 0."""
+
+    def __init__(self, model: SpeechLM, phone_ids: list[int], sampling: Sampling, generator: torch.Generator):
+        self.model, self.sampling, self.generator = model, sampling, generator
+        self.sound_ids = sounding_ids(model.config, phone_ids)
+        self.state, self.last = 0, 2 * len(self.sound_ids)
+        self.states: list[int] = []  # the state each generated position was given, for callers to inspect
+
+    def advance(self, hidden: torch.Tensor) -> None:
+        """Move on by the advance head's draw at the position whose hidden state [1, dim] this is."""
+        logits = self.model.advance_head(hidden)[0].float()
+        if self.sampling.temperature <= 0:
+            delta = int(logits.argmax())
+        else:
+            delta = int(torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=self.generator)[0])
+        self.state = min(self.state + delta, self.last)
+
+    def end(self) -> None:
+        self.state = self.last
+
+    def fill(self, item: dict) -> dict:
+        """An item of one speech position with this state's aligned inputs."""
+        window, place = aligned_inputs(self.model.config, self.sound_ids, torch.tensor([self.state]))
+        item["window"], item["place"] = window, place
+        self.states.append(self.state)
+        return item
+
+
 @torch.inference_mode()
 def generate_frames(model: SpeechLM, prompt: torch.Tensor, phone_ids: list[int],
-                    sampling: Sampling | None = None) -> Iterator[torch.Tensor]:
+                    sampling: Sampling | None = None,
+                    states_out: list[int] | None = None) -> Iterator[torch.Tensor]:
     """Yield frames as they complete: codes [K] (discrete) or latents [D] (continuous). Ends at end of speech
-    or after sampling.max_frames frames."""
+    or after sampling.max_frames frames. states_out (aligned LMs): receives the alignment state given to each
+    position after <sep>, in order (the one predicting frame 1 first): where in the text the speech is."""
     sampling = sampling or Sampling()
     cfg = model.config
     generator = torch.Generator().manual_seed(sampling.seed)
@@ -63,8 +100,11 @@ def generate_frames(model: SpeechLM, prompt: torch.Tensor, phone_ids: list[int],
     hidden, cache = model.backbone(model.embed(head))
     position = head["kinds"].shape[1]
     state = hidden[:, -1]
+    walk = AlignmentWalk(model, phone_ids, sampling, generator) if cfg.aligned else None
+    if walk is not None and states_out is not None:
+        walk.states = states_out
     if cfg.kind == "continuous":
-        yield from _continuous(model, state, cache, position, sampling, generator)
+        yield from _continuous(model, state, cache, position, sampling, generator, walk)
         return
     k_books = cfg.num_codebooks
     history: list[torch.Tensor] = []  # delayed steps drawn so far, [K] each
@@ -95,6 +135,11 @@ def generate_frames(model: SpeechLM, prompt: torch.Tensor, phone_ids: list[int],
         if ended_at is not None and done >= ended_at - 1:
             return
         item = _speech(cfg, codes[:, None], segment=2)
+        if walk is not None:  # the next position predicts step + 1: past the end of speech it is told so
+            walk.advance(state)
+            if ended_at is not None and step + 1 >= ended_at:
+                walk.end()
+            walk.fill(item)
         x = model.embed({key: value[None].to(device) for key, value in item.items()})
         hidden, cache = model.backbone(x, position, cache)
         position += 1
@@ -103,7 +148,7 @@ def generate_frames(model: SpeechLM, prompt: torch.Tensor, phone_ids: list[int],
 
 
 def _continuous(model: SpeechLM, state: torch.Tensor, cache: list, position: int, sampling: Sampling,
-                generator: torch.Generator) -> Iterator[torch.Tensor]:
+                generator: torch.Generator, walk: AlignmentWalk | None) -> Iterator[torch.Tensor]:
     cfg = model.config
     steps = sampling.flow_steps or cfg.flow_steps
     device = state.device
@@ -112,11 +157,12 @@ def _continuous(model: SpeechLM, state: torch.Tensor, cache: list, position: int
             return
         latent = model.flow_head.sample(state, steps, max(sampling.temperature, 0.0), generator)[0]
         yield latent
-        item = {"kinds": torch.full((1, 1), SPEECH, device=device),
-                "segments": torch.full((1, 1), 2, device=device),
-                "text": torch.zeros(1, 1, dtype=torch.long, device=device),
-                "markers": torch.zeros(1, 1, dtype=torch.long, device=device),
-                "latents": latent[None, :, None]}
+        item = _blank(cfg, 1, SPEECH, segment=2)
+        item["latents"] = latent[:, None]
+        if walk is not None:
+            walk.advance(state)
+            walk.fill(item)
+        item = {key: value[None].to(device) for key, value in item.items()}
         hidden, cache = model.backbone(model.embed(item), position, cache)
         position += 1
         state = hidden[:, -1]

@@ -28,6 +28,9 @@ SPEECH, TEXT, MARKER = 0, 1, 2
 PROMPT_END, SEPARATOR = 0, 1
 # Segments: the voice prompt, the text, the target speech.
 SEGMENTS = 3
+# Aligned LMs: the phonemes an aligned position sees, as offsets from the one its alignment state names (the one
+# before, it, and two ahead: at 12.5 Hz a frame spans 80 ms, and a short phoneme can fall between two frames).
+ALIGN_WINDOW = (-1, 0, 1, 2)
 
 
 @dataclass
@@ -56,6 +59,11 @@ class SpeechLMConfig:
     flow_layers: int = 3
     flow_steps: int = 8
     input_noise: float = 0.1
+    # Phoneme-synchronous input (lm.align, lm.sequence): each target frame is told which phonemes it is speaking,
+    # from an alignment in training and from the advance head's own walk over the text in generation. Without it
+    # the text is only in the prefix, and a small LM on hours of speech learns to all but ignore it.
+    aligned: bool = False
+    advance_classes: int = 8  # how far the alignment state may move in one frame: 0 .. advance_classes - 1
 
     @property
     def pad_token(self) -> int:
@@ -75,7 +83,7 @@ class SpeechLMConfig:
         for name, (low, high) in {"num_codebooks": (1, 64), "codebook_size": (2, 65536), "latent_dim": (1, 1024),
                                   "dim": (8, 4096), "layers": (1, 64), "heads": (1, 64),
                                   "max_positions": (16, 1 << 20), "flow_dim": (8, 4096), "flow_layers": (1, 32),
-                                  "flow_steps": (1, 256)}.items():
+                                  "flow_steps": (1, 256), "advance_classes": (2, 64)}.items():
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
                 raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
@@ -83,6 +91,8 @@ class SpeechLMConfig:
             raise ValueError("dim must be a multiple of heads, with an even head size (rotary positions)")
         if not self.phone_symbols or len(set(self.phone_symbols)) != len(self.phone_symbols):
             raise ValueError("phone_symbols must be a non-empty list of distinct symbols")
+        if not isinstance(self.aligned, bool):
+            raise ValueError(f"aligned must be true or false, got {self.aligned!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -255,6 +265,11 @@ class SpeechLM(nn.Module):
             self.latent_in = nn.Linear(cfg.latent_dim, cfg.dim)
             self.flow_head = FlowHead(cfg.latent_dim, cfg.dim, cfg.flow_dim, cfg.flow_layers)
             self.eos_head = nn.Linear(cfg.dim, 1)
+        if cfg.aligned:  # one table per window offset; the extra row is "no phoneme there"
+            self.window_embeddings = nn.ModuleList(nn.Embedding(len(cfg.phone_symbols) + 1, cfg.dim)
+                                                   for _ in ALIGN_WINDOW)
+            self.place_embedding = nn.Embedding(4, cfg.dim)  # lm.sequence: not aligned, pause, inside, ended
+            self.advance_head = nn.Linear(cfg.dim, cfg.advance_classes)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(cfg.dim)
 
@@ -278,6 +293,10 @@ class SpeechLM(nn.Module):
             x = x + sum(emb(codes[:, i]) for i, emb in enumerate(self.code_embeddings)) * speech
         else:
             x = x + self.latent_in(batch["latents"].transpose(1, 2)) * speech
+        if self.config.aligned:
+            aligned = (batch["place"] > 0)[..., None]
+            window = sum(emb(batch["window"][:, i]) for i, emb in enumerate(self.window_embeddings))
+            x = x + (window + self.place_embedding(batch["place"])) * aligned
         return x
 
     def backbone(self, x: torch.Tensor, start: int = 0, cache: list | None = None) -> tuple[torch.Tensor, list]:
@@ -306,6 +325,11 @@ class SpeechLM(nn.Module):
         finally:
             guide_layer.keep_weights = False
         main, figures = self._prediction_loss(hidden, batch)
+        if cfg.aligned:
+            advance = F.cross_entropy(self.advance_head(hidden).reshape(-1, cfg.advance_classes),
+                                      batch["advance"].reshape(-1), ignore_index=-1)
+            figures["advance_ce"] = advance.item()
+            main = main + advance
         if guide:
             attention, guide_layer.weights = guide_layer.weights, None
             heads = max(1, cfg.heads // 2)

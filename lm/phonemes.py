@@ -17,6 +17,9 @@ STRESS = ("ˈ", "ˌ")
 # espeak-ng writes a zero-width joiner inside some diphthongs in plain --ipa output; it carries no sound.
 _IGNORED = {"\u200d"}
 MAX_TEXT_CHARS = 2000
+# Symbols that mark structure, not a sound: they take no time in speech (a phone recogniser has no class for them,
+# and an alignment places only the others).
+SILENT = frozenset({WORD, CLAUSE, *STRESS})
 
 
 def phonemize(text: str, voice: str = "en-us") -> list[str]:
@@ -62,3 +65,8 @@ def symbols_to_ids(symbols: list[str], table: list[str]) -> list[int]:
         raise VoxtokError(f"phoneme(s) {' '.join(unknown)} are not in this model's symbol table "
                           f"({len(table)} symbols); the text needs sounds it was not trained on")
     return [index[s] for s in symbols]
+
+
+def sounding(symbols: list[str]) -> list[int]:
+    """Positions of the symbols that are sounds (not a boundary or a stress mark), in order."""
+    return [i for i, s in enumerate(symbols) if s not in SILENT]

@@ -6,6 +6,11 @@
 Discrete: the hidden state at <sep> predicts the first delayed step, each target step the next; the delay's
 padding is never a target. Continuous: the state at <sep> and at each target latent predicts the next latent and
 whether speech ends there (1 only after the last frame).
+
+Aligned LMs (SpeechLMConfig.aligned) also get, at the position that predicts step s >= 1, the alignment state of
+frame s (lm.align: which sounding phoneme, pause or end; steps past the last frame are "ended") as a window of
+phonemes around it, and learn at the position predicting step s how far the state moves to frame s + 1 (the
+advance head; <sep> counts from state 0). Generation draws the advance and feeds the state on (lm.generate).
 """
 
 from __future__ import annotations
@@ -13,7 +18,11 @@ from __future__ import annotations
 import torch
 
 from lm.delay import apply_delay
-from lm.model import MARKER, PROMPT_END, SEPARATOR, SPEECH, TEXT, SpeechLMConfig
+from lm.model import ALIGN_WINDOW, MARKER, PROMPT_END, SEPARATOR, SPEECH, TEXT, SpeechLMConfig
+from lm.phonemes import sounding
+
+# What an aligned position is told besides its phonemes (SpeechLM.place_embedding): 0 = not an aligned position.
+NOT_ALIGNED, PAUSE, INSIDE, ENDED = 0, 1, 2, 3
 
 
 def prefix(cfg: SpeechLMConfig, prompt: torch.Tensor, phone_ids: list[int]) -> dict:
@@ -31,8 +40,56 @@ def prefix(cfg: SpeechLMConfig, prompt: torch.Tensor, phone_ids: list[int]) -> d
     return _concat(parts)
 
 
-def training_item(cfg: SpeechLMConfig, prompt: torch.Tensor, phone_ids: list[int], target: torch.Tensor) -> dict:
-    """A whole teacher-forced sequence with its targets; target: codes [K, T] or latents [D, T], T >= 1."""
+def sounding_ids(cfg: SpeechLMConfig, phone_ids: list[int]) -> list[int]:
+    """The ids of the phonemes an alignment places (boundaries and stress marks left out), in order."""
+    return [phone_ids[i] for i in sounding([cfg.phone_symbols[k] for k in phone_ids])]
+
+
+def aligned_inputs(cfg: SpeechLMConfig, sound_ids: list[int], states: torch.Tensor) -> tuple[torch.Tensor,
+                                                                                              torch.Tensor]:
+    """For alignment states [n] (lm.align: 2k before sounding phoneme k, 2k + 1 inside it, 2M after the last):
+    the phoneme ids around each state's phoneme k at ALIGN_WINDOW's offsets [W, n] (len(phone_symbols) where the
+    window runs off the text) and what the position is told besides: PAUSE, INSIDE or ENDED [n]."""
+    count, pad = len(sound_ids), len(cfg.phone_symbols)
+    states = states.long().clamp(0, 2 * count)
+    ids = torch.tensor(sound_ids + [pad], dtype=torch.long)
+    k = states // 2
+    window = torch.stack([ids[torch.where((k + o >= 0) & (k + o < count), k + o, count)] for o in ALIGN_WINDOW])
+    place = torch.where(states == 2 * count, ENDED, torch.where(states % 2 == 1, INSIDE, PAUSE))
+    return window, place
+
+
+def _add_alignment(cfg: SpeechLMConfig, item: dict, start: int, sound_ids: list[int], states: torch.Tensor) -> None:
+    """Fill the aligned inputs and advance targets of a training item whose step s is predicted at start + s."""
+    length, frames = item["kinds"].shape[0], states.shape[0]
+    steps = length - start  # steps predicted, the frames' own and what follows them (EOS, the delay's tail)
+    ended = torch.full((steps,), 2 * len(sound_ids), dtype=torch.long)
+    ended[:min(frames, steps)] = states[:steps]
+    window, place = aligned_inputs(cfg, sound_ids, ended)
+    item["window"][:, start + 1:] = window[:, 1:]  # step 0's position is <sep>: no frame state yet
+    item["place"][start + 1:] = place[1:]
+    # The position predicting step s learns how far the state moves from frame s to s + 1; the last frame's moves
+    # to "ended" (the state the EOS step is given), and <sep>, which has no frame state, counts from 0.
+    following = torch.cat([states.long(), torch.tensor([2 * len(sound_ids)])])
+    current = following[:-1].clone()
+    current[0] = 0
+    item["advance"][start:start + frames] = (following[1:] - current).clamp(0, cfg.advance_classes - 1)
+
+
+def training_item(cfg: SpeechLMConfig, prompt: torch.Tensor, phone_ids: list[int], target: torch.Tensor,
+                  states: torch.Tensor | None = None) -> dict:
+    """A whole teacher-forced sequence with its targets; target: codes [K, T] or latents [D, T], T >= 1.
+    states: the target frames' alignment states [T] (lm.align.frame_states), required by aligned LMs."""
+    if cfg.aligned and (states is None or states.shape[0] != target.shape[1]):
+        raise ValueError("an aligned LM needs one alignment state per target frame")
+    item = _training_item(cfg, prompt, phone_ids, target)
+    if cfg.aligned:
+        start = item["kinds"].shape[0] - (target.shape[1] + (cfg.num_codebooks if cfg.kind == "discrete" else 1))
+        _add_alignment(cfg, item, start, sounding_ids(cfg, phone_ids), states)
+    return item
+
+
+def _training_item(cfg: SpeechLMConfig, prompt: torch.Tensor, phone_ids: list[int], target: torch.Tensor) -> dict:
     head = prefix(cfg, prompt, phone_ids)
     start = head["kinds"].shape[0] - 1  # the <sep> position predicts the first target step
     if cfg.kind == "discrete":
@@ -63,7 +120,7 @@ def collate(items: list[dict]) -> dict:
     length = max(item["kinds"].shape[-1] for item in items)
     batch = {}
     for key in items[0]:
-        pad_value = -1 if key == "targets" else 0
+        pad_value = -1 if key in ("targets", "advance") else 0
         padded = []
         for item in items:
             value = item[key]
@@ -82,6 +139,10 @@ def _blank(cfg: SpeechLMConfig, length: int, kind: int, segment: int) -> dict:
         item["codes"] = torch.full((cfg.num_codebooks, length), cfg.pad_token, dtype=torch.long)
     else:
         item["latents"] = torch.zeros(cfg.latent_dim, length)
+    if cfg.aligned:
+        item["window"] = torch.zeros(len(ALIGN_WINDOW), length, dtype=torch.long)
+        item["place"] = torch.full((length,), NOT_ALIGNED, dtype=torch.long)
+        item["advance"] = torch.full((length,), -1, dtype=torch.long)
     return item
 
 

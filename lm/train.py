@@ -126,6 +126,13 @@ class LMTrainer:
         self.ckpt = self.out / "checkpoint"
         self.rng = np.random.default_rng(cfg.seed + 1_000_003 * self.rank)
         fits = [u for u in utterances if u.codes.shape[1] <= cfg.max_target_frames]
+        if model_cfg.aligned:
+            from lm.phonemes import sounding
+
+            fits = [u for u in fits if u.alignment is not None and u.alignment[0] == sounding(u.phones or [])]
+            if not fits:
+                raise VoxtokError(f"{cfg.corpus}: no aligned utterance; an aligned LM needs `voxtok lm align "
+                                  f"{cfg.corpus}` first")
         self.train_set = [u for u in fits if u.split == "train" and u.phones]
         self.heldout = [u for u in fits if u.split == "heldout" and u.phones][: cfg.eval_utterances]
         if not self.train_set:
@@ -154,9 +161,21 @@ class LMTrainer:
         start = int(rng.integers(0, tokens.shape[1] - length + 1))
         return tokens[:, start:start + length]
 
+    def states(self, u: Utterance, phones: int | None = None) -> torch.Tensor | None:
+        """u's alignment states per frame (aligned LMs; None otherwise). phones: rescale them onto a text with
+        that many sounding phonemes (same timing, other words: the held-out text gain's counterfactual)."""
+        if not self.model.config.aligned:
+            return None
+        from lm.align import frame_states
+
+        states = frame_states(u.alignment[1], u.codes.shape[1], self.model.config.frame_rate)
+        if phones is not None:
+            states = states * phones // len(u.alignment[1])  # monotone, and the end maps onto the end
+        return torch.from_numpy(states)
+
     def example(self, u: Utterance, rng: np.random.Generator) -> dict:
         ids = symbols_to_ids(u.phones, self.model.config.phone_symbols)
-        return training_item(self.model.config, self.prompt_for(u, rng), ids, self._tokens(u))
+        return training_item(self.model.config, self.prompt_for(u, rng), ids, self._tokens(u), self.states(u))
 
     def batch(self) -> dict:
         picks = self.rng.integers(len(self.train_set), size=self.cfg.batch_size)
@@ -211,6 +230,7 @@ class LMTrainer:
             item = self.example(u, np.random.default_rng(i))
             loss, figures = self.model.loss({k: v.to(self.device) for k, v in collate([item]).items()})
             totals["loss"].append(loss.item())
+            loss = loss - figures.get("advance_ce", 0.0)  # the text gain compares the speech's own loss
             for k, v in figures.items():
                 totals[k].append(v)
             if len(self.heldout) > 1:
@@ -218,9 +238,12 @@ class LMTrainer:
                 j = (i + 7) % len(self.heldout)
                 other = self.heldout[j if j != i else (i + 1) % len(self.heldout)]
                 ids = symbols_to_ids(other.phones, self.model.config.phone_symbols)
+                other_count = len(other.alignment[1]) if self.model.config.aligned else None
                 wrong = training_item(self.model.config, self.prompt_for(u, np.random.default_rng(i)), ids,
-                                      self._tokens(u))
-                wrong_loss, _ = self.model.loss({k: v.to(self.device) for k, v in collate([wrong]).items()})
+                                      self._tokens(u), self.states(u, other_count))
+                wrong_loss, wrong_figures = self.model.loss({k: v.to(self.device)
+                                                             for k, v in collate([wrong]).items()})
+                wrong_loss = wrong_loss - wrong_figures.get("advance_ce", 0.0)
                 totals["text_gain"].append(wrong_loss.item() - loss.item())
         self.model.train()
         return {f"heldout/{k}": float(np.mean(v)) for k, v in totals.items()}

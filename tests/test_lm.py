@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -408,3 +409,96 @@ def test_guided_attention_rewards_the_diagonal_over_the_prompt():
     assert figures["ce_0"] == pytest.approx(guided_figures["ce_0"], abs=1e-5)
     guided.backward()
     assert model.blocks[1].attn.qkv.weight.grad.abs().sum() > 0 and model.blocks[1].attn.weights is None
+
+
+def test_frame_states_walk_pauses_phonemes_and_the_end():
+    from lm.align import frame_states
+
+    spans = [(0.1, 0.2), (0.2, 0.35), (0.5, 0.6)]  # frame centres at 12.5 Hz: 0.04, 0.12, 0.20, ...
+    assert frame_states(spans, 9, 12.5).tolist() == [0, 1, 3, 3, 4, 4, 5, 6, 6]
+
+
+@pytest.mark.parametrize("kind", ["discrete", "continuous"])
+def test_aligned_lm_walks_its_text_and_says_back_what_it_learnt(kind):
+    """An aligned LM's positions carry the phonemes of their frame's alignment state, one step ahead of the
+    frame they predict; overfit on one utterance, greedy generation must walk the same states (advance head) and
+    say back its frames."""
+    from lm.sequence import INSIDE, PAUSE, aligned_inputs, sounding_ids
+
+    torch.manual_seed(0)
+    model = SpeechLM(tiny(kind, aligned=True))
+    phones = [0, 1, 4, 2, 3]  # WORD (4) takes no time: four sounding phonemes, states 0..8
+    assert sounding_ids(model.config, phones) == [0, 1, 2, 3]
+    states = torch.tensor([0, 1, 1, 3, 4, 5, 7])
+    target = (torch.randint(0, 16, (3, 7), generator=torch.Generator().manual_seed(1)) if kind == "discrete"
+              else torch.randn(4, 7, generator=torch.Generator().manual_seed(1)))
+    with pytest.raises(ValueError, match="one alignment state per target frame"):
+        training_item(model.config, target[:, :0], phones, target, states[:3])
+    item = training_item(model.config, target[:, :0], phones, target, states)
+    start = int((item["markers"] == 1).nonzero()[-1])  # <sep> predicts frame 0 and has no state
+    assert item["place"][start] == 0 and item["place"][start + 1] == INSIDE and item["place"][start + 4] == PAUSE
+    window, _ = aligned_inputs(model.config, [0, 1, 2, 3], states)
+    assert torch.equal(item["window"][:, start + 1:start + 7], window[:, 1:])
+    assert item["advance"][start:start + 7].tolist() == [1, 0, 2, 1, 1, 2, 1] and item["advance"][start + 7] == -1
+    losses = _overfit(model, item, 300 if kind == "discrete" else 500)
+    assert sum(losses[-20:]) < 0.25 * sum(losses[:20])
+    model.eval()
+    walked: list[int] = []
+    frames = list(generate_frames(model, target[:, :0], phones, Sampling(temperature=0.0, flow_steps=8), walked))
+    assert walked[:6] == states[1:].tolist() and walked[-1] == 8  # past the end of speech: "ended"
+    assert len(frames) == 7
+    if kind == "discrete":
+        assert torch.equal(torch.stack(frames, dim=1), target)
+    else:
+        assert (torch.stack(frames, dim=1) - target).abs().mean() < 0.2 * target.abs().mean()
+
+
+def test_aligned_lm_from_align_to_tts(tmp_path, capsys, tiny_corpus):
+    """`voxtok lm align` places every phoneme of a corpus with the shipped recogniser; an aligned recipe refuses
+    a corpus without alignments in one line, trains on an aligned one, and speaks through `voxtok tts`."""
+    import shutil
+
+    import soundfile as sf
+
+    from codec.cli import main
+    from lm.align import frame_states, read_alignments
+    from lm.corpus import load_corpus
+    from lm.phonemes import sounding
+
+    corpus = tmp_path / "corpus"
+    shutil.copytree(tiny_corpus / "corpus", corpus)
+    recipe = _lm_recipe(tmp_path, corpus, steps=6, sample_every=0)
+    recipe.write_text(recipe.read_text().replace('kind = "discrete"', 'kind = "discrete"\naligned = true'))
+    assert main(["lm", "train", str(recipe), "--no-progress"]) == 1
+    assert "voxtok lm align" in capsys.readouterr().err
+    assert main(["lm", "align", str(corpus), "--quiet"]) == 0
+    assert "aligned 4 utterances" in capsys.readouterr().out
+    meta, utterances = load_corpus(corpus)
+    assert len(read_alignments(corpus)) == 4
+    for u in utterances:
+        positions, spans = u.alignment
+        assert positions == sounding(u.phones) and len(spans) == len(positions)
+        seconds = u.codes.shape[1] / meta["frame_rate"]
+        assert all(0 <= a < b <= seconds + 0.04 for a, b in spans)
+        assert all(spans[k][1] <= spans[k + 1][0] + 1e-6 for k in range(len(spans) - 1))
+        states = frame_states(spans, u.codes.shape[1], meta["frame_rate"])
+        # espeak-ng starts speaking at once and ends on its last phoneme: the walk reaches every phoneme.
+        assert (np.diff(states) >= 0).all() and states.max() >= 2 * len(spans) - 1
+    assert main(["lm", "train", str(recipe), "--no-progress"]) == 0
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert any("advance_ce" in r for r in log) and any("heldout/advance_ce" in r for r in log)
+    # The held-out text gain's counterfactual: the same timing walked over another text's phonemes.
+    from lm.train import LMTrainer, load_lm_recipe
+
+    trainer = LMTrainer(*load_lm_recipe(recipe), progress=False)
+    u = trainer.train_set[0]
+    own, other = trainer.states(u), trainer.states(u, 3)
+    count = len(u.alignment[1])
+    assert own.shape == other.shape and (np.diff(other.numpy()) >= 0).all() and other.max() <= 6
+    assert torch.equal(other == 6, own == 2 * count)
+    out = tmp_path / "said.wav"
+    assert main(["tts", "The cat ran.", "-o", str(out), "--model", str(tmp_path / "run" / "checkpoint"),
+                 "--tokenizer", str(tiny_corpus / "tok"), "--max-seconds", "2"]) == 0
+    assert sf.info(out).frames > 0
+    assert main(["lm", "align", str(tmp_path / "nowhere"), "--quiet"]) == 1
+    assert "not a finished LM corpus" in capsys.readouterr().err
