@@ -3,7 +3,8 @@ speech LM (lm.tts), streamed through the 12.5 Hz tokenizer's decoder, with the t
 real-time factor.
 
 LMs come from lm/pretrained/ (the shipped ones) and from VOXTOK_DEMO_LMS (NAME=DIR pairs, comma-separated, for a
-model you trained); VOXTOK_DEMO_TOKENIZER names the tokenizer folder when it is not a shipped one."""
+model you trained); VOXTOK_DEMO_TOKENIZER names the tokenizer folder of those when it is not a shipped one (the
+shipped LMs decode with the tokenizer they name)."""
 
 from __future__ import annotations
 
@@ -26,9 +27,15 @@ def available_lms() -> dict[str, str]:
     from lm.tts import PRETRAINED_ROOT
 
     found = {p.name: str(p) for p in sorted(PRETRAINED_ROOT.glob("*")) if (p / "config.json").is_file()}
+    found.update(_environment_lms())
+    return found
+
+
+def _environment_lms() -> dict[str, str]:
+    found = {}
     for pair in filter(None, os.environ.get("VOXTOK_DEMO_LMS", "").split(",")):
         name, _, folder = pair.partition("=")
-        if name and folder:
+        if name.strip() and folder.strip():
             found[name.strip()] = folder.strip()
     return found
 
@@ -42,7 +49,8 @@ def _load(name: str):
     with _lock:
         if name not in _lms:
             lm = load_lm(models[name])
-            _lms[name] = (lm, tokenizer_for(lm, os.environ.get("VOXTOK_DEMO_TOKENIZER") or None))
+            tokenizer = os.environ.get("VOXTOK_DEMO_TOKENIZER") if name in _environment_lms() else None
+            _lms[name] = (lm, tokenizer_for(lm, tokenizer or None))
         return _lms[name]
 
 

@@ -172,7 +172,8 @@ def _tiny_voice_model(folder: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
-    # The voices tab gets a tiny LM (none is shipped yet); no port given: Gradio takes the first free one.
+    # The voices tab lists the shipped LM first (the page speaks with it) and the tiny LMs named through the
+    # environment after it; no port given: Gradio takes the first free one.
     env = _tiny_voice_model(tmp_path_factory.mktemp("voice-model"))
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -250,7 +251,7 @@ def test_page_codec_tab_streaming_tab_and_bad_input(page, tmp_path):
     assert "chunks of 20 ms" in figures and "p95" in figures
     driver.save_screenshot(str(ARTIFACTS / "demo_streaming.png"))
 
-    # The voices tab: text in, speech streamed out with its phonemes and figures (the tiny LM of the fixture).
+    # The voices tab: text in, speech streamed out with its phonemes and figures (the shipped LM, the default).
     driver.get(url)
     tab = _wait(lambda: [b for b in driver.find_elements(By.CSS_SELECTOR, "button[role=tab]") if b.text == "Voices"],
                 30, "the voices tab")
@@ -261,7 +262,7 @@ def test_page_codec_tab_streaming_tab_and_bad_input(page, tmp_path):
     driver.find_element(By.CSS_SELECTOR, "#vo-run").click()
     summary = _wait(lambda: (t := driver.find_element(By.CSS_SELECTOR, "#vo-summary").text) and "first audio" in t
                     and t, 120, "the voices tab's figures")
-    assert "phonemes:" in summary and "ðə" in summary and "real time" in summary
+    assert "phonemes:" in summary and "ðə" in summary and "real time" in summary and "voxtok-lm-discrete" in summary
     driver.save_screenshot(str(ARTIFACTS / "demo_voices.png"))
 
 
@@ -281,6 +282,11 @@ def test_voices_tab_speaks_with_a_trained_lm_and_explains_bad_requests(tmp_path,
     pieces = list(voices_tab.speak_stream("the cat ran", None, "tiny", temperature=1.0, seed=1, max_seconds=1.0))
     assert len(pieces) > 2 and np.array_equal(np.concatenate([p for p, _ in pieces]), audio)
     assert all("phonemes: `ðə" in summary for _, summary in pieces)
+    # The shipped LM comes first and decodes with its own tokenizer, whatever VOXTOK_DEMO_TOKENIZER names; it
+    # says a short sentence and ends by itself.
+    assert list(voices_tab.available_lms())[0] == "voxtok-lm-discrete"
+    audio, summary = voices_tab.speak("the cat ran", None, "voxtok-lm-discrete", seed=1, max_seconds=5.0)
+    assert 0 < len(audio) < 5 * 16000 and "ended by itself" in summary
     # The continuous LM takes the flow steps.
     audio, summary = voices_tab.speak("the cat ran", None, "tiny-flow", seed=1, max_seconds=1.0, steps=2)
     assert len(audio) > 0 and "(continuous, 2 flow steps)" in summary

@@ -4,6 +4,10 @@ recipe's corpus. The LM cards' "text gain" rows; the trainer logs the same gap (
 utterances) as heldout/text_gain.
 
     python recipes/experiments/lm_text_gain.py recipes/checkpoints/lm_discrete_small [recipes/lm_discrete_small.toml]
+    python recipes/experiments/lm_text_gain.py lm/pretrained/voxtok-lm-discrete recipes/lm_discrete_small_aligned.toml
+
+An aligned LM (give its recipe, so the corpus's alignments are read) keeps the target's timing with the other
+sentence: its alignment states are stretched onto the other text's phonemes (LMTrainer.states).
 """
 
 from __future__ import annotations
@@ -30,9 +34,14 @@ def main() -> None:
     with torch.no_grad():
         for i, u in enumerate(heldout):
             prompt = trainer.prompt_for(u, np.random.default_rng(i))
-            for kind, phones in (("right", u.phones), ("other", heldout[(i + 7) % len(heldout)].phones)):
+            other = heldout[(i + 7) % len(heldout)]
+            aligned = model.config.aligned
+            for kind, phones, states in (("right", u.phones, trainer.states(u) if aligned else None),
+                                         ("other", other.phones,
+                                          trainer.states(u, len(other.alignment[1])) if aligned else None)):
                 ids = symbols_to_ids(phones, model.config.phone_symbols)
-                _, figures = model.loss(collate([training_item(model.config, prompt, ids, trainer._tokens(u))]))
+                _, figures = model.loss(collate([training_item(model.config, prompt, ids, trainer._tokens(u),
+                                                               states)]))
                 ce[kind].append([figures[f"ce_{k}"] for k in range(model.config.num_codebooks)])
     right, other = np.mean(ce["right"], 0), np.mean(ce["other"], 0)
     print("CE, right phonemes:", np.round(right, 3))
