@@ -141,8 +141,9 @@ def build_app(config: DemoConfig | None = None) -> gr.Blocks:
         with gr.Tab("Voices"):
             lms = list(voices_tab.available_lms())
             if not lms:
-                gr.Markdown("No speech LM is shipped yet. Train one (`voxtok lm train recipes/lm_discrete.toml`) "
-                            "and start the demo with `VOXTOK_DEMO_LMS=mine=runs/lm_discrete/checkpoint`.")
+                gr.Markdown("No speech LM found (lm/pretrained/ is empty). Train one (`voxtok lm train "
+                            "recipes/lm_continuous_small_aligned.toml`) and start the demo with "
+                            "`VOXTOK_DEMO_LMS=mine=runs/lm_continuous_aligned/checkpoint`.")
             else:
                 gr.Markdown("Text and a few seconds of a voice in, speech out: the speech LM generates 12.5 Hz "
                             "tokens and the tokenizer decodes them as they come.")

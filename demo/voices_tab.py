@@ -24,9 +24,10 @@ _lock = threading.Lock()
 
 def available_lms() -> dict[str, str]:
     """Name -> model folder, shipped first."""
-    from lm.tts import PRETRAINED_ROOT
+    from lm.tts import DEFAULT_LM, PRETRAINED_ROOT
 
-    found = {p.name: str(p) for p in sorted(PRETRAINED_ROOT.glob("*")) if (p / "config.json").is_file()}
+    shipped = sorted(PRETRAINED_ROOT.glob("*"), key=lambda p: (p.name != DEFAULT_LM, p.name))  # the default first
+    found = {p.name: str(p) for p in shipped if (p / "config.json").is_file()}
     found.update(_environment_lms())
     return found
 

@@ -14,7 +14,7 @@ import time
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="LM generation speed with the KV cache (x real time)")
-    p.add_argument("--model", default=None, help="LM folder or shipped name (default: the shipped discrete LM)")
+    p.add_argument("--model", default=None, help="LM folder or shipped name (default: the default shipped LM)")
     p.add_argument("--recipe", default=None, help="time random weights of a recipe's size instead")
     p.add_argument("--frames", type=int, default=125, help="frames per run (default 125 = 10 s of speech)")
     p.add_argument("--repeats", type=int, default=3)

@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     tts.add_argument("text", help="what to say (English)")
     tts.add_argument("-o", "--output", required=True, help="output .wav/.flac")
     tts.add_argument("--voice", default=None, help="a few seconds of the target voice (any audio file)")
-    tts.add_argument("--model", default=None, help="shipped LM name or LM folder (default voxtok-lm-discrete)")
+    tts.add_argument("--model", default=None, help="shipped LM name (voxtok-lm-continuous, the default; "
+                                                    "voxtok-lm-discrete) or an LM folder")
     tts.add_argument("--tokenizer", default=None,
                      help="tokenizer model folder (default: the shipped one the LM names; its config must match)")
     tts.add_argument("--temperature", type=float, default=0.8)

@@ -262,7 +262,7 @@ def test_page_codec_tab_streaming_tab_and_bad_input(page, tmp_path):
     driver.find_element(By.CSS_SELECTOR, "#vo-run").click()
     summary = _wait(lambda: (t := driver.find_element(By.CSS_SELECTOR, "#vo-summary").text) and "first audio" in t
                     and t, 120, "the voices tab's figures")
-    assert "phonemes:" in summary and "ðə" in summary and "real time" in summary and "voxtok-lm-discrete" in summary
+    assert "phonemes:" in summary and "ðə" in summary and "real time" in summary and "voxtok-lm-continuous" in summary
     driver.save_screenshot(str(ARTIFACTS / "demo_voices.png"))
 
 
@@ -282,11 +282,12 @@ def test_voices_tab_speaks_with_a_trained_lm_and_explains_bad_requests(tmp_path,
     pieces = list(voices_tab.speak_stream("the cat ran", None, "tiny", temperature=1.0, seed=1, max_seconds=1.0))
     assert len(pieces) > 2 and np.array_equal(np.concatenate([p for p, _ in pieces]), audio)
     assert all("phonemes: `ðə" in summary for _, summary in pieces)
-    # The shipped LM comes first and decodes with its own tokenizer, whatever VOXTOK_DEMO_TOKENIZER names; it
-    # says a short sentence and ends by itself.
-    assert list(voices_tab.available_lms())[0] == "voxtok-lm-discrete"
-    audio, summary = voices_tab.speak("the cat ran", None, "voxtok-lm-discrete", seed=1, max_seconds=5.0)
-    assert 0 < len(audio) < 5 * 16000 and "ended by itself" in summary
+    # The shipped LMs come first, the default first, and decode with their own tokenizer, whatever
+    # VOXTOK_DEMO_TOKENIZER names; each says a short sentence and ends by itself.
+    assert list(voices_tab.available_lms())[:2] == ["voxtok-lm-continuous", "voxtok-lm-discrete"]
+    for shipped in ("voxtok-lm-continuous", "voxtok-lm-discrete"):
+        audio, summary = voices_tab.speak("the cat ran", None, shipped, seed=1, max_seconds=5.0)
+        assert 0 < len(audio) < 5 * 16000 and "ended by itself" in summary
     # The continuous LM takes the flow steps.
     audio, summary = voices_tab.speak("the cat ran", None, "tiny-flow", seed=1, max_seconds=1.0, steps=2)
     assert len(audio) > 0 and "(continuous, 2 flow steps)" in summary
