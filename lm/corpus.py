@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from codec.errors import VoxtokError
+from lm.align import read_alignments
 
 SHARD_FRAMES = 200_000  # ~4.4 h at 12.5 Hz per shard
 
@@ -156,8 +157,6 @@ def load_corpus(folder: str | Path) -> tuple[dict, list[Utterance]]:
     for name in meta["shards"]:
         with np.load(folder / name) as data:
             shards.append((data["codes"], data["latents"]))
-    from lm.align import read_alignments
-
     alignments = read_alignments(folder)
     utterances = []
     for line in (folder / "utterances.jsonl").read_text(encoding="utf-8").splitlines():

@@ -82,16 +82,16 @@ def training_item(cfg: SpeechLMConfig, prompt: torch.Tensor, phone_ids: list[int
     states: the target frames' alignment states [T] (lm.align.frame_states), required by aligned LMs."""
     if cfg.aligned and (states is None or states.shape[0] != target.shape[1]):
         raise ValueError("an aligned LM needs one alignment state per target frame")
-    item = _training_item(cfg, prompt, phone_ids, target)
+    head = prefix(cfg, prompt, phone_ids)
+    start = head["kinds"].shape[0] - 1  # the <sep> position predicts the first target step
+    item = _with_targets(cfg, head, start, target)
     if cfg.aligned:
-        start = item["kinds"].shape[0] - (target.shape[1] + (cfg.num_codebooks if cfg.kind == "discrete" else 1))
         _add_alignment(cfg, item, start, sounding_ids(cfg, phone_ids), states)
     return item
 
 
-def _training_item(cfg: SpeechLMConfig, prompt: torch.Tensor, phone_ids: list[int], target: torch.Tensor) -> dict:
-    head = prefix(cfg, prompt, phone_ids)
-    start = head["kinds"].shape[0] - 1  # the <sep> position predicts the first target step
+def _with_targets(cfg: SpeechLMConfig, head: dict, start: int, target: torch.Tensor) -> dict:
+    """The prefix `head` followed by the target speech, with the losses' targets from position `start` on."""
     if cfg.kind == "discrete":
         frames = torch.cat([target.long(), torch.full((cfg.num_codebooks, 1), cfg.eos_token)], dim=1)
         delayed = apply_delay(frames, cfg.pad_token)  # [K, S]
