@@ -32,6 +32,7 @@ class TermInputs:
     context_mask: torch.Tensor | None = None  # [B, T] 1 inside an aligned word
     sentence: torch.Tensor | None = None  # [B, H] the utterance's sentence embedding (zeros without text)
     audio: torch.Tensor | None = None  # [B, 1, N] the crop itself (for a teacher network)
+    decoded: torch.Tensor | None = None  # [B, 1, N] the crop as the decoder says it (when a term needs it)
 
     @property
     def first_codebook(self) -> torch.Tensor:
@@ -221,6 +222,50 @@ class TeacherTerm(LossTerm):
         mask = torch.ones(projected.shape[:2], device=projected.device)
         loss = d_axis_loss(projected, target, mask)
         return loss, {"teacher_d_axis": loss.item()}
+
+
+@register
+class RecognisedPhonesTerm(LossTerm):
+    """Intelligibility of the decoded audio: a frozen phone recogniser (voxtok's own phone-CTC model) should hear
+    the same phones in the decoded crop as in the original, KL(p_original || p_decoded) per 20 ms frame.
+
+    The other terms shape the tokens; this one shapes what the decoder says from them. A decoder trained by
+    regression on log-mel bands spends its error where the bands are large, not where the phones differ (at 80 ms
+    per token the 12.5 Hz tokenizer's decodes lose ~40% of the phones a recogniser hears in the original while
+    their log-mel error is small). The posteriors of the original are the target, so no labels are needed and
+    every crop counts. F0 reaches the recogniser detached (a magnitude loss says nothing useful about phase; the
+    trainer synthesises the decoded crop so). Like the teacher, the recogniser is not part of the term's state."""
+
+    name = "recognised_phones"
+    needs = frozenset({"audio", "decoded"})
+
+    def __init__(self, latent_dim: int, model: str = "", weight: float = 1.0, lr: float = 0.0):
+        super().__init__(latent_dim, weight, lr)
+        from codec.commands.teacher import DEFAULT_FOLDER
+        from codec.phone_teacher import PhoneCTC, is_phone_ctc_folder
+
+        model = model or str(DEFAULT_FOLDER)  # the shipped recogniser
+        if not is_phone_ctc_folder(model):
+            raise ValueError(f"model must be a phone recogniser folder (voxtok teacher train), got {model!r}")
+        recogniser = PhoneCTC.from_pretrained(model)
+        for p in recogniser.parameters():
+            p.requires_grad_(False)
+        object.__setattr__(self, "recogniser", recogniser)  # not a submodule: kept out of state_dict and optimizers
+
+    def forward(self, inputs: TermInputs) -> tuple[torch.Tensor, dict[str, float]]:
+        recogniser = self.recogniser.to(inputs.decoded.device).eval()
+        with torch.no_grad():
+            target = recogniser(inputs.audio[:, 0].float())[0].log_softmax(-1)
+        got = recogniser(inputs.decoded[:, 0].float())[0].log_softmax(-1)
+        frames = min(target.shape[1], got.shape[1])
+        target, got = target[:, :frames], got[:, :frames]
+        loss = (target.exp() * (target - got)).sum(-1).mean()
+        with torch.no_grad():
+            # Where the recogniser hears a phone in the original (CTC's blank, index 0, fills most frames).
+            heard = target.argmax(-1)
+            spoken = heard != 0
+            agree = (heard == got.argmax(-1))[spoken].float().mean() if bool(spoken.any()) else loss.new_ones(())
+        return loss, {"recognised_kl": loss.item(), "recognised_agreement": agree.item()}
 
 
 def build_terms(tables: dict, latent_dim: int) -> nn.ModuleDict:

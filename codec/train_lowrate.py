@@ -35,6 +35,9 @@ class LowRateTrainConfig(HarmonicTrainConfig):
     shortcut_weight: float = 0.0
     init_from: str = ""  # a codec v2 model folder whose encoder / decoder layers start this model
     eval_flow_steps: int = 8
+    # Train the decoders only: the encoder and the shipped latent statistics stay as they are, so the tokens do
+    # not change and LMs trained on them keep working with the new decoders.
+    freeze_encoder: bool = False
 
 
 class LowRateTrainer(HarmonicTrainer):
@@ -82,7 +85,10 @@ class LowRateTrainer(HarmonicTrainer):
     @torch.no_grad()
     def prepare_export(self, batches: int = 32) -> None:
         """Latent statistics measured exactly on training crops with the final weights (the EMA lags the
-        encoder's last steps), from a fixed seed so an export is reproducible."""
+        encoder's last steps), from a fixed seed so an export is reproducible. A frozen encoder keeps the
+        statistics it came with: they define the tokens."""
+        if self.cfg.freeze_encoder:
+            return
         self.build_data()
         self.sampler.rng = np.random.default_rng(12345)
         self.model.eval()
@@ -101,9 +107,14 @@ class LowRateTrainer(HarmonicTrainer):
         targets = flow.targets(target_mel, f0, voiced)
         if not flow.stats_ready.item():
             flow.set_statistics(targets, mask)
-        mu = model.encoder(audio)
-        model.quantizer.update_statistics(mu.detach())
-        z = model.quantizer.normalise_by_batch(mu)
+        if cfg.freeze_encoder:
+            with torch.no_grad():
+                mu = model.encoder(audio)
+            z = model.quantizer.normalise(mu)
+        else:
+            mu = model.encoder(audio)
+            model.quantizer.update_statistics(mu.detach())
+            z = model.quantizer.normalise_by_batch(mu)
         b = z.shape[0]
         scale = torch.randn(b, 1, 1, device=z.device).abs() * cfg.vae_noise
         continuous = z + scale * torch.randn_like(z)
@@ -139,8 +150,11 @@ class LowRateTrainer(HarmonicTrainer):
             # phones into it, as the issue's phone head on the latent asks; labels are per 80 ms token.
             from codec.distill import TermInputs
 
+            decoded = None
+            if any("decoded" in term.needs for term in self.terms.values()):
+                decoded = self.decoded_audio(raw, audio.shape[-1])
             inputs = TermInputs(z, [z], phones=phones, context=context.float(), context_mask=context_mask,
-                                sentence=sentence, audio=audio)
+                                sentence=sentence, audio=audio, decoded=decoded)
             for term in self.terms.values():
                 term_loss, figures_k = term(inputs)
                 loss = loss + term.weight * term_loss
@@ -155,6 +169,18 @@ class LowRateTrainer(HarmonicTrainer):
         return {"mel": mel.item(), **figures, "flow": flow_loss.item(), "shortcut": shortcut.item(), "kl": kl.item(),
                 "mid_level": (levels == (mcfg.fsq_levels - 1) // 2).float().mean().item(),
                 "codes_used": float(used), "grad_norm": grad_norm, "loss": loss.item(), **term_figures}
+
+    def decoded_audio(self, raw: torch.Tensor, samples: int) -> torch.Tensor:
+        """The regression decoder's raw parameters [B, channels, J] (look-ahead already dropped) -> the crop it
+        says, [B, 1, samples], aligned with the input; F0 detached (magnitude losses say nothing useful about
+        phase), bands and voicing keep their gradient."""
+        mcfg = self.model.config
+        head, synth = self.model.decoder.parameters_head, self.model.decoder.synth
+        params = head.squash(raw)
+        b = mcfg.bands
+        params = torch.cat([params[:, :b], params[:, b:b + 1].detach(), params[:, b + 1:]], dim=1)
+        delay = mcfg.decoder_delay - mcfg.lookahead_tokens * mcfg.hop_length
+        return synth(params)[..., delay:delay + samples]
 
     @torch.no_grad()
     def evaluate(self) -> dict:

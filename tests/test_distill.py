@@ -206,3 +206,26 @@ def test_teacher_term_loads_a_local_hubert_and_trains_only_its_projection(tmp_pa
     assert float(loss) < first
     with pytest.raises(VoxtokError, match="local folder"):
         build_terms({"teacher": {"model": str(tmp_path / "nowhere")}}, 8)
+
+
+def test_recognised_phones_term_compares_what_the_recogniser_hears(dev_speech):
+    """[terms.recognised_phones] with the shipped recogniser: zero KL when the decoded crop is the original, a large
+    one for noise at the same level, a falling one as the crop is pulled back toward speech, and its gradient
+    reaches the decoded audio only (the recogniser stays frozen and out of the term's state)."""
+    samples, _ = dev_speech
+    audio = torch.from_numpy(samples[: 16000 * 2].copy())[None, None]
+    term = build_terms({"recognised_phones": {"weight": 0.5}}, 8)["recognised_phones"]
+    assert term.weight == 0.5 and "decoded" in term.needs
+    assert not list(term.parameters()) and not term.state_dict()
+    same, _ = term(TermInputs(audio, [audio], audio=audio, decoded=audio.clone()))
+    assert same.item() < 1e-4
+    noise = (torch.randn_like(audio) * audio.std()).requires_grad_(True)
+    far, figures = term(TermInputs(audio, [audio], audio=audio, decoded=noise))
+    assert far.item() > 1.0 and figures["recognised_agreement"] < 0.5
+    far.backward()
+    assert noise.grad is not None and noise.grad.abs().sum() > 0
+    assert all(p.grad is None for p in term.recogniser.parameters())
+    nearer, _ = term(TermInputs(audio, [audio], audio=audio, decoded=(0.5 * noise + audio).detach()))
+    assert same.item() < nearer.item() < far.item()
+    with pytest.raises(VoxtokError, match="recognised_phones"):
+        build_terms({"recognised_phones": {"model": str(Path(__file__).parent)}}, 8)

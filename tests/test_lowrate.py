@@ -286,3 +286,62 @@ def test_phone_term_on_the_latent_mean(tmp_path, real_root):
     assert (tmp_path / "run" / "checkpoint" / "terms.safetensors").is_file()
     # The head ran at its own learning rate, not the codec's schedule.
     assert trainer.opt_terms.param_groups[0]["lr"] == 3e-3 != trainer.opt_g.param_groups[0]["lr"]
+
+
+def test_decoder_only_training_keeps_the_tokens(tmp_path):
+    """freeze_encoder: the decoders train on (with [terms.recognised_phones] on the decoded crop) while the encoder's
+    weights and the latent statistics, which define the tokens an LM was trained on, stay bit-identical, also
+    through the export; and the trainer's decoded crop is the one the model decodes (same log-mel, so the term
+    hears what users hear)."""
+    from safetensors.torch import load_file
+
+    from codec.train import load_recipe
+    from codec.train_lowrate import LowRateTrainer
+
+    recipe = _tiny_recipe(tmp_path, 10, config=tiny_lowrate_config())
+    model_cfg, train_cfg = load_recipe(recipe)
+    LowRateTrainer(model_cfg, train_cfg, progress=False).train(10)  # sets the latent statistics
+    before = load_file(str(tmp_path / "run" / "checkpoint" / "model.safetensors"))
+    recipe.write_text(recipe.read_text().replace("steps = 10", "steps = 20")
+                      + "freeze_encoder = true\n[terms.recognised_phones]\nweight = 1.0\n")
+    model_cfg, train_cfg = load_recipe(recipe)
+    trainer = LowRateTrainer(model_cfg, train_cfg, progress=False)
+    trainer.train(20)
+    after = load_file(str(tmp_path / "run" / "checkpoint" / "model.safetensors"))
+    frozen = [k for k in before if k.startswith("encoder.") or k.startswith("quantizer.")]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert any("recognised_kl" in r for r in log)
+    trainer.prepare_export()
+    assert torch.equal(trainer.model.quantizer.latent_std, before["quantizer.latent_std"])
+
+
+
+def test_the_trainers_decoded_crop_is_what_the_model_decodes(dev_speech):
+    """LowRateTrainer.decoded_audio (what [terms.recognised_phones] hears) lines up with the model's own decode of
+    the same tokens: with the shipped tokenizer on real speech, their log-mels match best at zero shift (the
+    waveforms differ: the synthesiser's phase starts elsewhere)."""
+    from types import SimpleNamespace
+
+    from codec.compress import load_codec
+    from codec.features import LogMel
+    from codec.train_lowrate import LowRateTrainer
+
+    model = load_codec("voxtok-16k-12hz").float().eval()
+    model.set_decoding("regression")
+    samples, _ = dev_speech
+    x = torch.from_numpy(samples[: SR * 2].copy())[None, None]
+    with torch.no_grad():
+        z = model.encode_latents(x)
+        offline = model.decode_latents(z)
+        lead = model.config.lookahead_tokens
+        raw = model.decoder.raw_parameters(torch.nn.functional.pad(z, (0, lead)))
+        decoded = LowRateTrainer.decoded_audio(SimpleNamespace(model=model),
+                                               raw[..., lead * model.config.subframes_per_frame:], x.shape[-1])
+    assert decoded.shape == x.shape
+    mel = LogMel(SR, 640, 160, 64)
+    distance = [(mel(offline[:, 0].float()) - mel(shifted[:, 0].float())).abs()[..., 8:-8].mean().item()
+                for shifted in (decoded, torch.roll(decoded, 160, -1), torch.roll(decoded, -160, -1))]
+    print("log-mel distance at 0 / +10 / -10 ms", distance)
+    assert distance[0] < 0.75 * min(distance[1:])
