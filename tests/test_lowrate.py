@@ -291,8 +291,7 @@ def test_phone_term_on_the_latent_mean(tmp_path, real_root):
 def test_decoder_only_training_keeps_the_tokens(tmp_path):
     """freeze_encoder: the decoders train on (with [terms.recognised_phones] on the decoded crop) while the encoder's
     weights and the latent statistics, which define the tokens an LM was trained on, stay bit-identical, also
-    through the export; and the trainer's decoded crop is the one the model decodes (same log-mel, so the term
-    hears what users hear)."""
+    through the export."""
     from safetensors.torch import load_file
 
     from codec.train import load_recipe
