@@ -114,11 +114,24 @@ class VoxtokCodec(nn.Module):
     def weights_hash(self) -> str:
         """Short hash of the weights as fp16 (so a fp16 export and its fp32 checkpoint agree): what config_hash
         cannot tell apart, a fine-tune of the same architecture, whose codes mean something else."""
+        return self._hash_weights(())
+
+    # The modules whose weights say what a token means; the decoders only render tokens.
+    TOKEN_MODULES = ("encoder.", "quantizer.")
+
+    def tokens_hash(self) -> str:
+        """weights_hash over the encoder and quantizer alone: a fine-tune of the decoders keeps it (the same
+        audio gives the same tokens), so an LM trained on the tokens keeps working with the better decoder."""
+        return self._hash_weights(self.TOKEN_MODULES)
+
+    def _hash_weights(self, prefixes: tuple[str, ...]) -> str:
         import hashlib
 
         digest = hashlib.sha256()
         for name, tensor in sorted(self.state_dict().items()):
             if name.endswith(TRAINING_ONLY_BUFFERS) or not tensor.is_floating_point():
+                continue
+            if prefixes and not name.startswith(prefixes):
                 continue
             digest.update(name.encode())
             digest.update(tensor.detach().to("cpu", torch.float16).contiguous().numpy().tobytes())

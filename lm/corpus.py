@@ -122,7 +122,7 @@ def build_corpus(out_dir: str | Path, sources: list[Source], tokenizer: str | No
     lines = "".join(json.dumps(u, ensure_ascii=False) + "\n" for u in utterances)
     atomic_write(out / "utterances.jsonl", lambda tmp: Path(tmp).write_text(lines, encoding="utf-8"))
     meta = {"tokenizer": model.model_id, "tokenizer_config_hash": cfg.config_hash(),
-            "tokenizer_weights_hash": model.weights_hash(),
+            "tokenizer_weights_hash": model.weights_hash(), "tokenizer_tokens_hash": model.tokens_hash(),
             "tokenizer_source": str(tokenizer) if tokenizer and Path(tokenizer).is_dir() else "",
             "frame_rate": cfg.frame_rate,
             "num_codebooks": cfg.num_quantizers, "codebook_size": cfg.codebook_size, "latent_dim": cfg.latent_dim,

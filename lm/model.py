@@ -42,6 +42,9 @@ class SpeechLMConfig:
     # Its weights (VoxtokCodec.weights_hash; "" in LMs made before it was recorded) and the folder it was loaded
     # from when not a shipped name: a fine-tuned tokenizer has the shipped one's name and config.
     tokenizer_weights_hash: str = ""
+    # The weights that define its tokens (VoxtokCodec.tokens_hash: encoder and quantizer; "" in LMs made before
+    # it was recorded): where set, it is what a tokenizer must match, so a decoder fine-tune still serves the LM.
+    tokenizer_tokens_hash: str = ""
     tokenizer_source: str = ""
     frame_rate: float = 12.5
     num_codebooks: int = 8

@@ -104,6 +104,7 @@ class LMTrainer:
         table = dict(model_table)
         table.update(tokenizer=self.meta["tokenizer"], tokenizer_config_hash=self.meta["tokenizer_config_hash"],
                      tokenizer_weights_hash=self.meta.get("tokenizer_weights_hash", ""),
+                     tokenizer_tokens_hash=self.meta.get("tokenizer_tokens_hash", ""),
                      tokenizer_source=self.meta.get("tokenizer_source", ""),
                      frame_rate=self.meta["frame_rate"], num_codebooks=self.meta["num_codebooks"],
                      codebook_size=self.meta["codebook_size"], latent_dim=self.meta["latent_dim"],

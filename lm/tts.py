@@ -54,12 +54,16 @@ def tokenizer_for(lm: SpeechLM, tokenizer: str | Path | None = None):
         raise VoxtokError(f"the LM was trained on tokenizer {cfg.tokenizer} (config "
                           f"{cfg.tokenizer_config_hash}); {model.model_id} has config "
                           f"{model.config.config_hash()}")
-    weights = model.weights_hash() if cfg.tokenizer_weights_hash else ""
-    if weights != cfg.tokenizer_weights_hash:
+    # The token-defining weights where the LM recorded them (a decoder fine-tune is welcome), else all of them.
+    if cfg.tokenizer_tokens_hash:
+        weights, wanted = model.tokens_hash(), cfg.tokenizer_tokens_hash
+    else:
+        weights, wanted = (model.weights_hash() if cfg.tokenizer_weights_hash else ""), cfg.tokenizer_weights_hash
+    if weights != wanted:
         where = f" (it was read from {cfg.tokenizer_source})" if cfg.tokenizer_source else ""
         raise VoxtokError(f"the LM was trained on other weights of tokenizer {cfg.tokenizer}{where}: "
                           f"{tokenizer} has weights {weights}, the LM's are "
-                          f"{cfg.tokenizer_weights_hash}; pass --tokenizer with the folder it was trained on")
+                          f"{wanted}; pass --tokenizer with the folder it was trained on")
     return model
 
 

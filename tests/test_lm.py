@@ -258,6 +258,15 @@ def test_corpus_training_and_tts_end_to_end(tmp_path, capsys, tiny_corpus):
     assert main(["tts", "The cat ran.", "-o", str(tmp_path / "z.wav"), "--model",
                  str(tmp_path / "run" / "checkpoint"), "--tokenizer", str(tmp_path / "tuned_tok")]) == 1
     assert "other weights of tokenizer" in capsys.readouterr().err and not (tmp_path / "z.wav").exists()
+    # A fine-tune of the decoder alone keeps the tokens (tokens_hash: encoder and quantizer): the LM takes it.
+    tok = load_codec(tiny_corpus / "tok")
+    assert lm_cfg.tokenizer_tokens_hash == tok.tokens_hash() == meta["tokenizer_tokens_hash"]
+    with torch.no_grad():
+        next(tok.decoder.parameters()).add_(0.01)
+    assert tok.tokens_hash() == lm_cfg.tokenizer_tokens_hash and tok.weights_hash() != lm_cfg.tokenizer_weights_hash
+    tok.save_pretrained(tmp_path / "tuned_decoder")
+    assert main(["tts", "The cat ran.", "-o", str(tmp_path / "d.wav"), "--model", str(tmp_path / "run" / "checkpoint"),
+                 "--tokenizer", str(tmp_path / "tuned_decoder"), "--max-seconds", "1"]) == 0
     assert main(["tts", "  ", "-o", str(tmp_path / "x.wav"), "--model", str(tmp_path / "run" / "checkpoint")]) == 1
     assert main(["tts", "hi", "-o", str(tmp_path / "y.wav"), "--model", str(tmp_path / "nowhere")]) == 1
     err = capsys.readouterr().err
