@@ -346,8 +346,11 @@ class HarmonicTrainer(Trainer):
         stats = {}
         if len(self.terms):
             vectors = codebooks_straight_through(latents, codes, self.model.quantizer.codebooks)
+            decoded = None
+            if any("decoded" in term.needs for term in self.terms.values()):
+                decoded = self.decoded_audio(raw, audio.shape[-1])
             inputs = TermInputs(latents, vectors, phones=phones, context=context.float(),
-                                context_mask=context_mask, sentence=sentence, audio=audio)
+                                context_mask=context_mask, sentence=sentence, audio=audio, decoded=decoded)
             for term in self.terms.values():
                 term_loss, term_figures = term(inputs)
                 loss = loss + term.weight * term_loss
@@ -396,16 +399,28 @@ class HarmonicTrainer(Trainer):
         figures = {"f0_cents": cents.item(), "voicing_bce": voicing.item(), "voicing_error": voicing_error.item()}
         return mel, f0_loss, voicing, figures
 
-    def synth_mel_loss(self, raw: torch.Tensor, samples: int, target_mel: torch.Tensor,
-                       frame_mask: torch.Tensor) -> torch.Tensor:
-        """L1 between the log-mel analysis of the synthesised crop and the input's, frame for frame."""
+    # Samples the synthesiser's output runs behind the parameters the trainer holds (the 12.5 Hz trainer drops its
+    # decoders' look-ahead from the parameters first).
+    def synth_delay(self) -> int:
+        return self.model.config.decoder_delay
+
+    def decoded_audio(self, raw: torch.Tensor, samples: int) -> torch.Tensor:
+        """The decoder's raw parameters [B, channels, J] -> the crop it says, [B, 1, samples], aligned with the
+        input: F0 detached (a magnitude loss says nothing useful about phase), bands and voicing keep their
+        gradient. What the synth term and [terms.recognised_phones] compare with the input."""
         mcfg = self.model.config
         head, synth = self.model.decoder.parameters_head, self.model.decoder.synth
         params = head.squash(raw)
         b = mcfg.bands
         params = torch.cat([params[:, :b], params[:, b:b + 1].detach(), params[:, b + 1:]], dim=1)
-        audio = synth(params)[..., mcfg.decoder_delay:mcfg.decoder_delay + samples]
-        got = self.analysis(audio)
+        delay = self.synth_delay()
+        return synth(params)[..., delay:delay + samples]
+
+    def synth_mel_loss(self, raw: torch.Tensor, samples: int, target_mel: torch.Tensor,
+                       frame_mask: torch.Tensor) -> torch.Tensor:
+        """L1 between the log-mel analysis of the synthesised crop and the input's, frame for frame."""
+        b = self.model.config.bands
+        got = self.analysis(self.decoded_audio(raw, samples))
         frames = min(got.shape[-1], target_mel.shape[-1])
         mask = frame_mask[..., :frames]
         diff = (got[..., :frames] - target_mel[..., :frames]).abs() * mask

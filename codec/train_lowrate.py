@@ -170,17 +170,10 @@ class LowRateTrainer(HarmonicTrainer):
                 "mid_level": (levels == (mcfg.fsq_levels - 1) // 2).float().mean().item(),
                 "codes_used": float(used), "grad_norm": grad_norm, "loss": loss.item(), **term_figures}
 
-    def decoded_audio(self, raw: torch.Tensor, samples: int) -> torch.Tensor:
-        """The regression decoder's raw parameters [B, channels, J] (look-ahead already dropped) -> the crop it
-        says, [B, 1, samples], aligned with the input; F0 detached (magnitude losses say nothing useful about
-        phase), bands and voicing keep their gradient."""
+    def synth_delay(self) -> int:
+        """The parameters train_step holds have the decoders' look-ahead dropped already."""
         mcfg = self.model.config
-        head, synth = self.model.decoder.parameters_head, self.model.decoder.synth
-        params = head.squash(raw)
-        b = mcfg.bands
-        params = torch.cat([params[:, :b], params[:, b:b + 1].detach(), params[:, b + 1:]], dim=1)
-        delay = mcfg.decoder_delay - mcfg.lookahead_tokens * mcfg.hop_length
-        return synth(params)[..., delay:delay + samples]
+        return mcfg.decoder_delay - mcfg.lookahead_tokens * mcfg.hop_length
 
     @torch.no_grad()
     def evaluate(self) -> dict:

@@ -405,6 +405,20 @@ def test_loss_through_the_synthesiser_trains_the_bands_not_the_phase(tmp_path):
     assert len(synth) >= 3 and synth[-1] < synth[0]
 
 
+def test_recognised_phones_term_trains_codec_v2_through_its_decoded_crop(tmp_path):
+    """[terms.recognised_phones] in a v2 recipe: the trainer hands the term the crop synthesised from the decoder's
+    parameters, and the recogniser's KL is logged (the term is not the 12.5 Hz trainer's alone)."""
+    from codec.train import load_recipe
+    from codec.train_harmonic import HarmonicTrainer
+
+    model_cfg, train_cfg = load_recipe(_tiny_recipe(tmp_path, 6, extra="[terms.recognised_phones]\nweight = 1.0"))
+    trainer = HarmonicTrainer(model_cfg, train_cfg, progress=False)
+    trainer.train(6)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    kl = [r["recognised_kl"] for r in log if "recognised_kl" in r]
+    assert kl and all(k > 0 for k in kl)
+
+
 def test_synthetic_folders_join_the_real_split_with_their_weight_and_labels(tmp_path):
     """synth_dirs in a v2 recipe: each folder's files are read with WORLD targets and (for a phone term) aligned
     phones, cached under the folder's name, and drawn for synth_weight of the crops; a folder without a manifest
