@@ -346,11 +346,9 @@ class HarmonicTrainer(Trainer):
         stats = {}
         if len(self.terms):
             vectors = codebooks_straight_through(latents, codes, self.model.quantizer.codebooks)
-            decoded = None
-            if any("decoded" in term.needs for term in self.terms.values()):
-                decoded = self.decoded_audio(raw, audio.shape[-1])
             inputs = TermInputs(latents, vectors, phones=phones, context=context.float(),
-                                context_mask=context_mask, sentence=sentence, audio=audio, decoded=decoded)
+                                context_mask=context_mask, sentence=sentence, audio=audio,
+                                decoded=self.decoded_for_terms(raw, audio.shape[-1]))
             for term in self.terms.values():
                 term_loss, term_figures = term(inputs)
                 loss = loss + term.weight * term_loss
@@ -415,6 +413,13 @@ class HarmonicTrainer(Trainer):
         params = torch.cat([params[:, :b], params[:, b:b + 1].detach(), params[:, b + 1:]], dim=1)
         delay = self.synth_delay()
         return synth(params)[..., delay:delay + samples]
+
+    def decoded_for_terms(self, raw: torch.Tensor, samples: int) -> torch.Tensor | None:
+        """decoded_audio when a [terms.*] table reads it, else None (the synthesis is not free: the synth term
+        made v2's steps 15% longer)."""
+        if any("decoded" in term.needs for term in self.terms.values()):
+            return self.decoded_audio(raw, samples)
+        return None
 
     def synth_mel_loss(self, raw: torch.Tensor, samples: int, target_mel: torch.Tensor,
                        frame_mask: torch.Tensor) -> torch.Tensor:

@@ -150,11 +150,8 @@ class LowRateTrainer(HarmonicTrainer):
             # phones into it, as the phone head on the latent asks; labels are per 80 ms token.
             from codec.distill import TermInputs
 
-            decoded = None
-            if any("decoded" in term.needs for term in self.terms.values()):
-                decoded = self.decoded_audio(raw, audio.shape[-1])
             inputs = TermInputs(z, [z], phones=phones, context=context.float(), context_mask=context_mask,
-                                sentence=sentence, audio=audio, decoded=decoded)
+                                sentence=sentence, audio=audio, decoded=self.decoded_for_terms(raw, audio.shape[-1]))
             for term in self.terms.values():
                 term_loss, figures_k = term(inputs)
                 loss = loss + term.weight * term_loss

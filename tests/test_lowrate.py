@@ -316,7 +316,6 @@ def test_decoder_only_training_keeps_the_tokens(tmp_path):
     assert torch.equal(trainer.model.quantizer.latent_std, before["quantizer.latent_std"])
 
 
-
 def test_the_trainers_decoded_crop_is_what_the_model_decodes(dev_speech):
     """LowRateTrainer.decoded_audio (what [terms.recognised_phones] hears) lines up with the model's own decode of
     the same tokens: with the shipped tokenizer on real speech, their log-mels match best at zero shift (the
