@@ -168,9 +168,7 @@ def _iter_streamed(model, frames: torch.Tensor, decode_chunk, num_samples: int |
 def encode_latents_file(model, path: str | Path) -> tuple[np.ndarray, int]:
     """Continuous tokens of an audio file: (latents [frames, dims] float32, normalised; number of samples).
     Long files go through the streaming encoder block by block, as encode_file does."""
-    from codec.lowrate import LowRateCodec
-
-    if not isinstance(model, LowRateCodec):
+    if not model.continuous:
         raise VoxtokError(f"model {model.model_id} has no continuous latents (use the 12.5 Hz tokenizer, "
                           "voxtok-16k-12hz)")
     sr = model.config.sample_rate

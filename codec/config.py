@@ -247,6 +247,82 @@ class LowRateConfig(HarmonicCodecConfig):
                              "(f0_bins and ap_bands must be 0)")
 
 
+@dataclass
+class StackedConfig(CodecConfig):
+    """The 12.5 Hz tokenizer stacked on codec v2 (codec.stacked): one token per hop_length = 1280 samples (80 ms)
+    from base_hop_frames = 4 of the base codec's 50 Hz latents, and back to them. The base (`base_model`, a shipped
+    name or a folder) encodes audio and decodes latents; this model holds only its own 12.5 Hz stage, and pins the
+    base's token-defining weights (`base_tokens_hash`), so a base whose encoder changed is refused while a better
+    base decoder is used as it is. Tokens: a D = latent_dim sigma-VAE latent, normalised by shipped statistics (the
+    continuous tokens), and its FSQ twin (fsq_levels per dimension, num_quantizers groups of latent_dim /
+    num_quantizers dimensions, each group one code of codebook_size = fsq_levels ** group entries)."""
+
+    ARCHITECTURE = "stacked"
+    name: str = "voxtok-16k-12hz"
+    architecture: str = "stacked"
+    hop_length: int = 1280
+    base_model: str = "voxtok-16k-v2"
+    base_tokens_hash: str = ""
+    base_hop: int = 320
+    base_latent_dim: int = 64
+    # The base decoder's own delay (its synthesiser's overlap), recorded so torch-free code knows the whole delay.
+    base_decoder_delay: int = 240
+    latent_dim: int = 32
+    num_quantizers: int = 8
+    codebook_size: int = 625
+    fsq_levels: int = 5
+    enc_dim: int = 256
+    enc_layers: int = 2  # at the base rate (50 Hz)
+    enc_low_layers: int = 3  # at the token rate (12.5 Hz)
+    dec_dim: int = 256
+    dec_low_layers: int = 2  # at the token rate, before the tokens are spread over the base frames
+    dec_layers: int = 4  # at the base rate
+    # Decoders see this many tokens ahead (80 ms each): their output runs this far behind their input.
+    lookahead_tokens: int = 1
+    flow_dim: int = 192
+    flow_layers: int = 4
+    flow_cond_layers: int = 2
+    flow_steps: int = 8
+
+    @property
+    def feature_frames_per_token(self) -> int:
+        return self.hop_length // self.base_hop
+
+    @property
+    def fsq_group(self) -> int:
+        return self.latent_dim // self.num_quantizers
+
+    @property
+    def decoder_delay(self) -> int:
+        return self.lookahead_tokens * self.hop_length + self.base_decoder_delay
+
+    def validate(self) -> None:
+        super().validate()
+        if self.architecture != self.ARCHITECTURE:
+            raise ValueError(f"architecture must be {self.ARCHITECTURE!r}, got {self.architecture!r}")
+        for name, (low, high) in _STACKED_BOUNDS.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+        if not isinstance(self.base_model, str) or not self.base_model or len(self.base_model) > 512:
+            raise ValueError("base_model must name the base codec (1 to 512 characters)")
+        if not isinstance(self.base_tokens_hash, str) or (
+                self.base_tokens_hash and not re.fullmatch(r"[0-9a-f]{12}", self.base_tokens_hash)):
+            raise ValueError(f"base_tokens_hash must be empty or 12 hex digits, got {self.base_tokens_hash!r}")
+        if self.hop_length % self.base_hop:
+            raise ValueError("hop_length must be a multiple of base_hop")
+        if self.latent_dim % self.num_quantizers:
+            raise ValueError("latent_dim must be a multiple of num_quantizers (the FSQ groups)")
+        if self.codebook_size != self.fsq_levels ** self.fsq_group:
+            raise ValueError(f"codebook_size must be fsq_levels ** (latent_dim / num_quantizers) = "
+                             f"{self.fsq_levels ** self.fsq_group}, got {self.codebook_size}")
+
+
+_STACKED_BOUNDS = {"base_hop": (1, 8192), "base_latent_dim": (1, 4096), "base_decoder_delay": (0, 1 << 16),
+                   "fsq_levels": (2, 16), "enc_low_layers": (0, 64), "dec_low_layers": (0, 64),
+                   "lookahead_tokens": (0, 8), "flow_dim": (1, 4096), "flow_layers": (0, 64),
+                   "flow_cond_layers": (0, 64), "flow_steps": (1, 256)}
+
 _LOW_RATE_BOUNDS = {"fsq_levels": (2, 16), "feature_hop": (1, 8192), "enc_low_dim": (1, 4096),
                     "enc_low_layers": (0, 64), "lookahead_tokens": (0, 8), "flow_dim": (1, 4096),
                     "flow_layers": (0, 64), "flow_cond_layers": (0, 64), "flow_steps": (1, 256)}
@@ -263,6 +339,8 @@ def config_from_dict(data: dict) -> CodecConfig:
         return HarmonicCodecConfig.from_dict(data)
     if isinstance(data, dict) and data.get("architecture") == "lowrate":
         return LowRateConfig.from_dict(data)
+    if isinstance(data, dict) and data.get("architecture") == "stacked":
+        return StackedConfig.from_dict(data)
     return CodecConfig.from_dict(data)
 
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from codec.config import CodecConfig, HarmonicCodecConfig, LowRateConfig, config_from_dict
+from codec.config import CodecConfig, HarmonicCodecConfig, LowRateConfig, StackedConfig, config_from_dict
 from codec.errors import VoxtokError
 from codec.modules.conv import CausalConv1d
 from codec.modules.convnext import ChannelLayerNorm, ConvNeXtBlock
@@ -85,6 +85,9 @@ class VoxtokCodec(nn.Module):
     bitrates, offline and streaming encode/decode, weights."""
 
     config_class = CodecConfig
+    # Whether the model also has continuous tokens (encode_latents / decode_latents) and a choice of decoders
+    # (set_decoding): the 12.5 Hz tokenizers. What callers ask instead of testing for a class.
+    continuous = False
 
     def __init__(self, config: CodecConfig | None = None):
         super().__init__()
@@ -295,6 +298,9 @@ class VoxtokCodec(nn.Module):
         return tail[..., stream.decoder_skip:]
 
     # ---- weights --------------------------------------------------------------------------------
+    def finish_loading(self, directory: Path) -> None:
+        """Hook: what a model needs beyond its own folder's weights (the 12.5 Hz tokenizer attaches its base)."""
+
     def save_pretrained(self, directory: str | Path, half: bool = False, inference_only: bool = False) -> None:
         """config.json + model.safetensors. `inference_only` drops the codebooks' EMA training statistics
         (a third of the file); `half` stores the non-codebook weights in fp16."""
@@ -339,6 +345,7 @@ class VoxtokCodec(nn.Module):
         model = cls(config)
         model.load_state_dict(state, strict=False)
         model.to(device)
+        model.finish_loading(directory)
         model.eval()
         model.use_exact_encoder()
         if not model.quantizer.initialized():
@@ -367,6 +374,10 @@ def codebooks_fingerprint(state: dict[str, torch.Tensor]) -> str:
 def model_class_for(config: CodecConfig) -> type[VoxtokCodec]:
     from codec.harmonic_codec import HarmonicCodec
 
+    if isinstance(config, StackedConfig):
+        from codec.stacked import StackedCodec
+
+        return StackedCodec
     if isinstance(config, LowRateConfig):
         from codec.lowrate import LowRateCodec
 

@@ -32,6 +32,10 @@ class Tokenizer(Protocol):
     def semantic_codebooks(self) -> tuple[int, ...]:
         """Codebooks (0-based) trained to carry phones or meaning by a distillation term; empty when none."""
 
+    # True for tokenizers with continuous tokens too (encode_latents / decode_latents, latent_dim) and a choice
+    # of decoders (set_decoding): what callers test instead of a concrete class.
+    continuous: bool
+
     @property
     def decoder_delay(self) -> int:
         """Samples the decoder's streaming output runs behind its input (dropped at the start of a stream)."""

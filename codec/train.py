@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from codec.config import CodecConfig, HarmonicCodecConfig, LowRateConfig, config_from_dict
+from codec.config import CodecConfig, HarmonicCodecConfig, LowRateConfig, StackedConfig, config_from_dict
 from codec.dataset import CropSampler, load_source, read_manifest
 from codec.discriminators import MultiPeriodDiscriminator, MultiResolutionDiscriminator
 from codec.errors import VoxtokError
@@ -100,6 +100,10 @@ def load_recipe(path: str | Path) -> tuple[CodecConfig, TrainConfig]:
 
 def trainer_class_for(model_cfg: CodecConfig) -> type[Trainer]:
     """The trainer (and with it the recipe's train config) for a model config: the one place this is decided."""
+    if isinstance(model_cfg, StackedConfig):
+        from codec.train_stacked import StackedTrainer
+
+        return StackedTrainer
     if isinstance(model_cfg, LowRateConfig):
         from codec.train_lowrate import LowRateTrainer
 
@@ -350,6 +354,15 @@ class Trainer:
         self.load_extra(self.ckpt)
         return True
 
+    def initialize_quantizer(self) -> None:
+        """The bottleneck's first statistics (k-means codebooks, latent statistics) from 8 batches, unless a
+        checkpoint brought them."""
+        if self.model.quantizer.initialized():
+            return
+        init_batch = torch.cat([self.batch() for _ in range(8)])
+        with torch.no_grad():
+            self.model.quantizer.initialize(self.model.encoder(init_batch))
+
     def prepare_export(self) -> None:
         """Hook: anything a shipped model needs beyond the checkpoint's weights (run before `--export`)."""
 
@@ -415,10 +428,7 @@ class Trainer:
             except ImportError:
                 print("tensorboard not installed: logging to log.jsonl only")
         self.model.train()
-        if not self.model.quantizer.initialized():
-            init_batch = torch.cat([self.batch() for _ in range(8)])
-            with torch.no_grad():
-                self.model.quantizer.initialize(self.model.encoder(init_batch))
+        self.initialize_quantizer()
         self.sync_buffers()
         bar = tqdm(total=total, initial=self.step, disable=not self.progress, dynamic_ncols=True)
         started, running = time.time(), {}

@@ -74,7 +74,7 @@ def speak_stream(text: str, voice_path: str | Path | None, model_name: str, temp
     from codec.errors import VoxtokError
     from lm.generate import Sampling
     from lm.phonemes import phonemize, symbols_to_ids
-    from lm.tts import prompt_tokens, stream_speech
+    from lm.tts import prompt_tokens, stream_speech, voice_embedding
 
     if not isinstance(text, str) or not text.strip():
         raise DemoInputError("type something for the voice to say")
@@ -98,7 +98,7 @@ def speak_stream(text: str, voice_path: str | Path | None, model_name: str, temp
     flow = f", {sampling.flow_steps or lm.config.flow_steps} flow steps" if lm.config.kind == "continuous" else ""
     prompt = prompt_tokens(lm, tokenizer, voice)
     spoken = 0
-    for samples, stats in stream_speech(lm, ids, prompt, sampling, tokenizer):
+    for samples, stats in stream_speech(lm, ids, prompt, sampling, tokenizer, speaker=voice_embedding(lm, voice)):
         spoken += samples.size
         if stats["ended"] is None:
             summary = f"phonemes: `{phonemes}`\n\nspeaking… {stats['seconds']:.2f} s so far"

@@ -61,8 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--threads", type=int, default=None)
     train.add_argument("--no-progress", action="store_true")
     train.set_defaults(func=run_train)
-    evaluate = lm_sub.add_parser("eval", help="the LM on the corpus's held-out sentences against issue #11's bars "
-                                              "(PER/WER vs re-synthesised ground truth, voice, end of speech, speed)")
+    evaluate = lm_sub.add_parser("eval", help="the LM's speech judged in absolute terms: WER / PER beside the "
+                                              "sentences' own recordings, voice similarity beside the speaker's "
+                                              "own, end of speech, duration, speed")
     evaluate.add_argument("--model", default=None, help="shipped LM name or LM folder")
     evaluate.add_argument("--corpus", default="data/lm_corpus", help="an LM corpus with held-out utterances")
     evaluate.add_argument("--tokenizer", default=None,
@@ -70,7 +71,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--num", type=int, default=100, help="held-out generations (default 100)")
     evaluate.add_argument("--unseen", default=None, metavar="DIR[:SPLIT_FILE]",
                           help="also speak in voices never trained on: prompts from this manifest folder")
-    evaluate.add_argument("--unseen-num", type=int, default=20)
+    evaluate.add_argument("--unseen-voices", type=int, default=5, help="unseen voices (default 5)")
+    evaluate.add_argument("--unseen-sentences", type=int, default=20,
+                          help="held-out sentences spoken in each unseen voice (default 20)")
     evaluate.add_argument("--temperature", type=float, default=0.8)
     evaluate.add_argument("--top-k", type=int, default=50)
     evaluate.add_argument("--top-p", type=float, default=1.0)
@@ -200,8 +203,8 @@ def run_eval(args: argparse.Namespace) -> int:
         return 0
     if not args.model:
         raise VoxtokError("lm eval needs --model (or --compare REPORT.json ...)")
-    if args.num < 1 or args.unseen_num < 1 or args.threads < 1:
-        raise VoxtokError("--num, --unseen-num and --threads must be at least 1")
+    if min(args.num, args.unseen_voices, args.unseen_sentences, args.threads) < 1:
+        raise VoxtokError("--num, --unseen-voices, --unseen-sentences and --threads must be at least 1")
     check_sampling_args(args)
     if args.output and (Path(args.output).is_dir() or Path(args.output).suffix.lower() != ".json"):
         raise VoxtokError(f"{args.output}: the report is written as a .json file")  # before minutes of generation
@@ -209,13 +212,15 @@ def run_eval(args: argparse.Namespace) -> int:
     lm = load_lm(args.model)
     sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, flow_steps=args.steps)
     report = evaluate_lm(lm, args.corpus, args.num, tokenizer=tokenizer_for(lm, args.tokenizer), sampling=sampling,
-                         unseen=args.unseen, unseen_num=args.unseen_num)
+                         unseen=args.unseen, unseen_voices=args.unseen_voices,
+                         unseen_sentences=args.unseen_sentences)
     if args.output:
         write_report(report, args.output)
-    print(json.dumps(report["summary"]))
-    for name, bar in report["bars"].items():
-        verdict = "n/a" if bar["met"] is None else ("met" if bar["met"] else "NOT met")
-        print(f"{name:>24}: {bar['value']}  {verdict}")
-    if "unseen" in report:
-        print("unseen voices:", json.dumps(report["unseen"]["summary"]))
+    for title, part in (("held-out sentences", report), ("unseen voices", report.get("unseen"))):
+        if part is None:
+            continue
+        print(f"{title}: {json.dumps(part['summary'])}")
+        for name, bar in part["bars"].items():
+            verdict = "n/a" if bar["met"] is None else ("met" if bar["met"] else "NOT met")
+            print(f"  {name:>22}: {bar['value']} (bar {bar['threshold']})  {verdict}")
     return 0

@@ -6,8 +6,11 @@
 Layout of OUT:
     corpus.json            tokenizer id and config hash, frame rate, the phoneme symbol table, the shard list
     utterances.jsonl       one line per utterance: id, split (train | heldout), speaker, text, phones, frames,
-                           shard and offset
+                           shard and offset, and the audio file it was read from (the reference reading that
+                           `voxtok lm eval` scores beside the generated speech)
     shard_00000.npz        codes [frames, K] int16 (the FSQ twin) and latents [frames, D] float16 (normalised)
+    speakers.npy           [utterances, 256] float16: each utterance's Resemblyzer speaker embedding (the LM's
+                           speaker conditioning, SpeechLMConfig.speaker_dim), in utterances.jsonl's order
     alignments.jsonl       where each phoneme sits in time (`voxtok lm align`, lm.align), for aligned LMs
 
 Deterministic: sources in the order given, rows in manifest order, one encoder pass per file (codes are the FSQ
@@ -54,11 +57,14 @@ def build_corpus(out_dir: str | Path, sources: list[Source], tokenizer: str | No
     from codec.audio import atomic_write, load_audio
     from codec.compress import check_encodable, load_codec
     from codec.dataset import read_manifest
-    from codec.lowrate import LowRateCodec
+    from codec.eval.models import SpeakerEncoder, require
     from lm.phonemes import phonemize
 
+    require("resemblyzer", "the LM corpus's speaker embeddings")
+    speaker_encoder = SpeakerEncoder()
+
     model = load_codec(tokenizer or "voxtok-16k-12hz")
-    if not isinstance(model, LowRateCodec):
+    if not model.continuous:
         raise VoxtokError(f"model {model.model_id} is not a 12.5 Hz tokenizer; the LM reads voxtok-16k-12hz tokens")
     # float32 here: float64 (load_codec's exact mode, for streaming = offline) is 2-3x slower, and a corpus is
     # encoded in one pass per file, so chunking noise does not arise.
@@ -67,7 +73,7 @@ def build_corpus(out_dir: str | Path, sources: list[Source], tokenizer: str | No
     out.mkdir(parents=True, exist_ok=True)
     (out / "corpus.json").unlink(missing_ok=True)
     cfg = model.config
-    utterances, symbols = [], set()
+    utterances, symbols, speakers = [], set(), []
     codes_buf, latents_buf, shard_names = [], [], []
     buffered = 0
 
@@ -112,13 +118,21 @@ def build_corpus(out_dir: str | Path, sources: list[Source], tokenizer: str | No
             utterances.append({"id": f"{source.root.name}/{row['path']}", "split": source.split,
                                "speaker": row.get("speaker") or f"{source.root.name}/{row['path']}",
                                "text": text, "phones": phones, "frames": int(z.shape[-1]),
-                               "shard": len(shard_names), "offset": buffered})
+                               "shard": len(shard_names), "offset": buffered, "audio": str(path)})
+            speakers.append(speaker_encoder.embed(samples).astype(np.float16))
             codes_buf.append(codes[0].T.numpy().astype(np.int16))
             latents_buf.append(z[0].T.float().numpy().astype(np.float16))
             buffered += z.shape[-1]
     flush_shard()
     if not utterances:
         raise VoxtokError("no utterance could be tokenised: the corpus would be empty")
+    embeddings = np.stack(speakers)
+
+    def write_speakers(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, embeddings)
+
+    atomic_write(out / "speakers.npy", write_speakers)
     lines = "".join(json.dumps(u, ensure_ascii=False) + "\n" for u in utterances)
     atomic_write(out / "utterances.jsonl", lambda tmp: Path(tmp).write_text(lines, encoding="utf-8"))
     meta = {"tokenizer": model.model_id, "tokenizer_config_hash": cfg.config_hash(),
@@ -126,7 +140,8 @@ def build_corpus(out_dir: str | Path, sources: list[Source], tokenizer: str | No
             "tokenizer_source": str(tokenizer) if tokenizer and Path(tokenizer).is_dir() else "",
             "frame_rate": cfg.frame_rate,
             "num_codebooks": cfg.num_quantizers, "codebook_size": cfg.codebook_size, "latent_dim": cfg.latent_dim,
-            "symbols": sorted(symbols), "shards": shard_names, "utterances": len(utterances),
+            "symbols": sorted(symbols), "shards": shard_names, "speaker_dim": int(embeddings.shape[1]),
+            "utterances": len(utterances),
             "hours": round(sum(u["frames"] for u in utterances) / cfg.frame_rate / 3600, 3),
             "sources": [{"root": str(s.root), "split_file": str(s.split_file or ""), "split": s.split}
                         for s in sources]}
@@ -146,6 +161,8 @@ class Utterance:
     latents: np.ndarray  # [D, T] float32
     # (positions of the sounding phonemes, their spans in seconds) when the corpus is aligned (lm.align)
     alignment: tuple[list[int], list[tuple[float, float]]] | None = None
+    speaker_embedding: np.ndarray | None = None  # [256] float32 (corpora made before speakers.npy: None)
+    audio: str | None = None  # the recording it was tokenised from
 
 
 def load_corpus(folder: str | Path) -> tuple[dict, list[Utterance]]:
@@ -158,12 +175,15 @@ def load_corpus(folder: str | Path) -> tuple[dict, list[Utterance]]:
         with np.load(folder / name) as data:
             shards.append((data["codes"], data["latents"]))
     alignments = read_alignments(folder)
+    embeddings = np.load(folder / "speakers.npy").astype(np.float32) if (folder / "speakers.npy").is_file() \
+        else None
     utterances = []
-    for line in (folder / "utterances.jsonl").read_text(encoding="utf-8").splitlines():
+    for i, line in enumerate((folder / "utterances.jsonl").read_text(encoding="utf-8").splitlines()):
         u = json.loads(line)
         codes, latents = shards[u["shard"]]
         span = slice(u["offset"], u["offset"] + u["frames"])
         utterances.append(Utterance(u["id"], u["split"], u["speaker"], u["text"], u["phones"],
                                     codes[span].T.astype(np.int64), latents[span].T.astype(np.float32),
-                                    alignments.get(u["id"])))
+                                    alignments.get(u["id"]), None if embeddings is None else embeddings[i],
+                                    u.get("audio")))
     return meta, utterances

@@ -88,23 +88,26 @@ class AlignmentWalk:
 @torch.inference_mode()
 def generate_frames(model: SpeechLM, prompt: torch.Tensor, phone_ids: list[int],
                     sampling: Sampling | None = None,
-                    states_out: list[int] | None = None) -> Iterator[torch.Tensor]:
+                    states_out: list[int] | None = None,
+                    speaker: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
     """Yield frames as they complete: codes [K] (discrete) or latents [D] (continuous). Ends at end of speech
     or after sampling.max_frames frames. states_out (aligned LMs): receives the alignment state given to each
-    position after <sep>, in order (the one predicting frame 1 first): where in the text the speech is."""
+    position after <sep>, in order (the one predicting frame 1 first): where in the text the speech is.
+    speaker: the voice's speaker embedding [speaker_dim] (LMs with speaker conditioning; None: no voice)."""
     sampling = sampling or Sampling()
     cfg = model.config
     generator = torch.Generator().manual_seed(sampling.seed)
     device = next(model.parameters()).device
+    voice = {"speaker": speaker.float()[None].to(device)} if cfg.speaker_dim and speaker is not None else {}
     head = {k: v[None].to(device) for k, v in prefix(cfg, prompt, phone_ids).items()}
-    hidden, cache = model.backbone(model.embed(head))
+    hidden, cache = model.backbone(model.embed({**head, **voice}))
     position = head["kinds"].shape[1]
     state = hidden[:, -1]
     walk = AlignmentWalk(model, phone_ids, sampling, generator) if cfg.aligned else None
     if walk is not None and states_out is not None:
         walk.states = states_out
     if cfg.kind == "continuous":
-        yield from _continuous(model, state, cache, position, sampling, generator, walk)
+        yield from _continuous(model, state, cache, position, sampling, generator, walk, voice)
         return
     k_books = cfg.num_codebooks
     history: list[torch.Tensor] = []  # delayed steps drawn so far, [K] each
@@ -140,7 +143,7 @@ def generate_frames(model: SpeechLM, prompt: torch.Tensor, phone_ids: list[int],
             if ended_at is not None and step + 1 >= ended_at:
                 walk.end()
             walk.fill(item)
-        x = model.embed({key: value[None].to(device) for key, value in item.items()})
+        x = model.embed({**{key: value[None].to(device) for key, value in item.items()}, **voice})
         hidden, cache = model.backbone(x, position, cache)
         position += 1
         state = hidden[:, -1]
@@ -148,7 +151,7 @@ def generate_frames(model: SpeechLM, prompt: torch.Tensor, phone_ids: list[int],
 
 
 def _continuous(model: SpeechLM, state: torch.Tensor, cache: list, position: int, sampling: Sampling,
-                generator: torch.Generator, walk: AlignmentWalk | None) -> Iterator[torch.Tensor]:
+                generator: torch.Generator, walk: AlignmentWalk | None, voice: dict) -> Iterator[torch.Tensor]:
     cfg = model.config
     steps = sampling.flow_steps or cfg.flow_steps
     device = state.device
@@ -162,7 +165,7 @@ def _continuous(model: SpeechLM, state: torch.Tensor, cache: list, position: int
         if walk is not None:
             walk.advance(state)
             walk.fill(item)
-        item = {key: value[None].to(device) for key, value in item.items()}
+        item = {**{key: value[None].to(device) for key, value in item.items()}, **voice}
         hidden, cache = model.backbone(model.embed(item), position, cache)
         position += 1
         state = hidden[:, -1]

@@ -67,6 +67,10 @@ class SpeechLMConfig:
     # the text is only in the prefix, and a small LM on hours of speech learns to all but ignore it.
     aligned: bool = False
     advance_classes: int = 8  # how far the alignment state may move in one frame: 0 .. advance_classes - 1
+    # Speaker conditioning: a fixed speaker embedding of the voice prompt (Resemblyzer's, 256 dims; 0 = none),
+    # projected and added at every position. The in-context prompt carries the voice's detail; the embedding
+    # says who it is in a form trained on thousands of speakers, which a few hundred voices of data cannot teach.
+    speaker_dim: int = 0
 
     @property
     def pad_token(self) -> int:
@@ -86,7 +90,8 @@ class SpeechLMConfig:
         for name, (low, high) in {"num_codebooks": (1, 64), "codebook_size": (2, 65536), "latent_dim": (1, 1024),
                                   "dim": (8, 4096), "layers": (1, 64), "heads": (1, 64),
                                   "max_positions": (16, 1 << 20), "flow_dim": (8, 4096), "flow_layers": (1, 32),
-                                  "flow_steps": (1, 256), "advance_classes": (2, 64)}.items():
+                                  "flow_steps": (1, 256), "advance_classes": (2, 64),
+                                  "speaker_dim": (0, 4096)}.items():
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
                 raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
@@ -273,6 +278,8 @@ class SpeechLM(nn.Module):
                                                    for _ in ALIGN_WINDOW)
             self.place_embedding = nn.Embedding(4, cfg.dim)  # lm.sequence: not aligned, pause, inside, ended
             self.advance_head = nn.Linear(cfg.dim, cfg.advance_classes)
+        if cfg.speaker_dim:
+            self.speaker_in = nn.Linear(cfg.speaker_dim, cfg.dim)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(cfg.dim)
 
@@ -285,7 +292,8 @@ class SpeechLM(nn.Module):
 
     # ---- embedding ---------------------------------------------------------------------------------------
     def embed(self, batch: dict) -> torch.Tensor:
-        """A built sequence (lm.sequence.Sequence.as_batch) -> input embeddings [B, L, dim]."""
+        """A built sequence (lm.sequence.Sequence.as_batch) -> input embeddings [B, L, dim]. batch["speaker"]
+        [B, speaker_dim] (LMs with speaker_dim; zeros: no voice) is added at every position."""
         kinds = batch["kinds"]
         x = self.segment_embedding(batch["segments"])
         x = x + self.text_embedding(batch["text"]) * (kinds == TEXT)[..., None]
@@ -300,6 +308,11 @@ class SpeechLM(nn.Module):
             aligned = (batch["place"] > 0)[..., None]
             window = sum(emb(batch["window"][:, i]) for i, emb in enumerate(self.window_embeddings))
             x = x + (window + self.place_embedding(batch["place"])) * aligned
+        if self.config.speaker_dim:
+            speaker = batch.get("speaker")
+            if speaker is None:
+                speaker = x.new_zeros(x.shape[0], self.config.speaker_dim)
+            x = x + self.speaker_in(speaker.to(x.dtype))[:, None]
         return x
 
     def backbone(self, x: torch.Tensor, start: int = 0, cache: list | None = None) -> tuple[torch.Tensor, list]:

@@ -115,11 +115,18 @@ def _with_targets(cfg: SpeechLMConfig, head: dict, start: int, target: torch.Ten
     return item
 
 
+# Per-sequence entries of an item (one vector, not one value per position): stacked, never padded.
+PER_SEQUENCE = ("speaker",)
+
+
 def collate(items: list[dict]) -> dict:
     """Right-pad items to one length (padding is never a target: it is causal-masked from real positions)."""
     length = max(item["kinds"].shape[-1] for item in items)
     batch = {}
     for key in items[0]:
+        if key in PER_SEQUENCE:
+            batch[key] = torch.stack([item[key] for item in items])
+            continue
         pad_value = -1 if key in ("targets", "advance") else 0
         padded = []
         for item in items:

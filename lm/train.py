@@ -134,6 +134,11 @@ class LMTrainer:
             if not fits:
                 raise VoxtokError(f"{cfg.corpus}: no aligned utterance; an aligned LM needs `voxtok lm align "
                                   f"{cfg.corpus}` first")
+        if model_cfg.speaker_dim:
+            dims = {u.speaker_embedding.shape[0] if u.speaker_embedding is not None else None for u in utterances}
+            if dims != {model_cfg.speaker_dim}:
+                raise VoxtokError(f"{cfg.corpus}: the LM's speaker_dim is {model_cfg.speaker_dim}, but the corpus has "
+                                  "no speaker embeddings of that size (rebuild it with `voxtok lm corpus`)")
         self.train_set = [u for u in fits if u.split == "train" and u.phones]
         self.heldout = [u for u in fits if u.split == "heldout" and u.phones][: cfg.eval_utterances]
         if not self.train_set:
@@ -148,19 +153,23 @@ class LMTrainer:
     def _tokens(self, u: Utterance) -> torch.Tensor:
         return torch.from_numpy(u.codes if self.model.config.kind == "discrete" else u.latents)
 
-    def prompt_for(self, u: Utterance, rng: np.random.Generator) -> torch.Tensor:
-        """A random crop of another utterance of u's speaker (empty when there is none, or by chance)."""
+    def prompt_for(self, u: Utterance, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A random crop of another utterance of u's speaker (empty when there is none, or by chance), and that
+        utterance's speaker embedding (zeros without a prompt; None for an LM without speaker conditioning)."""
         others = [o for o in self.by_speaker.get(u.speaker, []) if o.id != u.id]
         empty = self._tokens(u)[:, :0]
+        dim = self.model.config.speaker_dim
+        no_voice = torch.zeros(dim) if dim else None
         if not others or rng.random() < self.cfg.no_prompt_prob:
-            return empty
+            return empty, no_voice
         other = others[rng.integers(len(others))]
         rate = self.model.config.frame_rate
         length = int(rng.uniform(*self.cfg.prompt_seconds) * rate)
         tokens = self._tokens(other)
         length = max(1, min(length, tokens.shape[1]))
         start = int(rng.integers(0, tokens.shape[1] - length + 1))
-        return tokens[:, start:start + length]
+        speaker = torch.from_numpy(other.speaker_embedding) if dim else None
+        return tokens[:, start:start + length], speaker
 
     def states(self, u: Utterance, phones: int | None = None) -> torch.Tensor | None:
         """u's alignment states per frame (aligned LMs; None otherwise). phones: rescale them onto a text with
@@ -174,9 +183,14 @@ class LMTrainer:
             states = states * phones // len(u.alignment[1])  # monotone, and the end maps onto the end
         return torch.from_numpy(states)
 
-    def example(self, u: Utterance, rng: np.random.Generator) -> dict:
-        ids = symbols_to_ids(u.phones, self.model.config.phone_symbols)
-        return training_item(self.model.config, self.prompt_for(u, rng), ids, self._tokens(u), self.states(u))
+    def example(self, u: Utterance, rng: np.random.Generator, phones: list[str] | None = None,
+                states: torch.Tensor | None = None) -> dict:
+        """u's teacher-forced item (phones / states: another text's, for the text-gain counterfactual)."""
+        ids = symbols_to_ids(phones or u.phones, self.model.config.phone_symbols)
+        prompt, speaker = self.prompt_for(u, rng)
+        item = training_item(self.model.config, prompt, ids, self._tokens(u),
+                             states if states is not None else self.states(u))
+        return item if speaker is None else {**item, "speaker": speaker}
 
     def batch(self) -> dict:
         picks = self.rng.integers(len(self.train_set), size=self.cfg.batch_size)
@@ -238,10 +252,8 @@ class LMTrainer:
                 # The same target and prompt with another sentence's phonemes: how much the text helps.
                 j = (i + 7) % len(self.heldout)
                 other = self.heldout[j if j != i else (i + 1) % len(self.heldout)]
-                ids = symbols_to_ids(other.phones, self.model.config.phone_symbols)
                 other_count = len(other.alignment[1]) if self.model.config.aligned else None
-                wrong = training_item(self.model.config, self.prompt_for(u, np.random.default_rng(i)), ids,
-                                      self._tokens(u), self.states(u, other_count))
+                wrong = self.example(u, np.random.default_rng(i), other.phones, self.states(u, other_count))
                 wrong_loss, wrong_figures = self.model.loss({k: v.to(self.device)
                                                              for k, v in collate([wrong]).items()})
                 wrong_loss = wrong_loss - wrong_figures.get("advance_ce", 0.0)
@@ -254,7 +266,7 @@ class LMTrainer:
         """Speak the first held-out sentence (a prompt from another utterance of its voice) through the streaming
         tts path; the wav path, or None when there is nothing to speak or no tokenizer to decode with."""
         from codec.audio import save_audio
-        from lm.evaluate import PROMPT_FRAMES, heldout_with_prompts
+        from lm.evaluate import PROMPT_SECONDS, heldout_with_prompts
         from lm.generate import Sampling
         from lm.tts import speak, tokenizer_for
 
@@ -270,12 +282,14 @@ class LMTrainer:
                 return None
         u, prompt_u = pairs[0]
         discrete = self.model.config.kind == "discrete"
-        prompt = torch.from_numpy((prompt_u.codes if discrete else prompt_u.latents)[:, :PROMPT_FRAMES])
+        frames = int(PROMPT_SECONDS * self.model.config.frame_rate)
+        prompt = torch.from_numpy((prompt_u.codes if discrete else prompt_u.latents)[:, :frames])
+        speaker = torch.from_numpy(prompt_u.speaker_embedding) if self.model.config.speaker_dim else None
         self.model.eval()
         try:
             ids = symbols_to_ids(u.phones, self.model.config.phone_symbols)
             audio, _ = speak(self.model, ids, prompt, Sampling(seed=0, max_frames=2 * u.codes.shape[1] + 10),
-                             self.sample_codec)
+                             self.sample_codec, speaker=speaker)
         finally:
             self.model.train()
         path = self.out / "samples" / f"step_{self.step:06d}.wav"

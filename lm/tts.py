@@ -11,6 +11,7 @@ refused rather than decoded into noise).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,7 +78,30 @@ def synthesize(lm: SpeechLM, text: str, voice: np.ndarray | None = None, samplin
     started = time.perf_counter()
     ids = symbols_to_ids(phonemize(text), lm.config.phone_symbols)
     prompt = prompt_tokens(lm, codec, voice)
-    return speak(lm, ids, prompt, sampling, codec, on_audio, started=started)
+    return speak(lm, ids, prompt, sampling, codec, on_audio, started=started, speaker=voice_embedding(lm, voice))
+
+
+def voice_embedding(lm: SpeechLM, voice: np.ndarray | None) -> torch.Tensor | None:
+    """The speaker embedding an LM with speaker conditioning reads for a voice (16 kHz samples; Resemblyzer, as
+    its corpus was embedded); None for an LM without it or without a voice."""
+    if not lm.config.speaker_dim or voice is None:
+        return None
+    from codec.eval.models import require
+
+    require("resemblyzer", f"{lm.config.name}'s speaker conditioning")
+    embedding = _speaker_encoder().embed(voice[: int(MAX_PROMPT_SECONDS * 16000)])
+    if embedding.shape[0] != lm.config.speaker_dim:
+        raise VoxtokError(f"{lm.config.name} reads {lm.config.speaker_dim}-dim speaker embeddings, "
+                          f"Resemblyzer gives {embedding.shape[0]}")
+    return torch.from_numpy(embedding)
+
+
+@functools.cache
+def _speaker_encoder():
+    """One Resemblyzer encoder per process (it loads its weights once)."""
+    from codec.eval.models import SpeakerEncoder
+
+    return SpeakerEncoder()
 
 
 @torch.inference_mode()
@@ -95,11 +119,13 @@ def prompt_tokens(lm: SpeechLM, codec, voice: np.ndarray | None) -> torch.Tensor
 
 
 def speak(lm: SpeechLM, ids: list[int], prompt: torch.Tensor, sampling: Sampling, codec,
-          on_audio=None, started: float | None = None) -> tuple[np.ndarray, dict]:
-    """Generate from phoneme ids and prompt tokens (prompt_tokens), decoding each frame as it comes through the
-    tokenizer's streaming decoder; the audio and the figures (frames, seconds, first_audio_ms, x_realtime)."""
+          on_audio=None, started: float | None = None, speaker: torch.Tensor | None = None
+          ) -> tuple[np.ndarray, dict]:
+    """Generate from phoneme ids and prompt tokens (prompt_tokens) and the voice's speaker embedding
+    (voice_embedding), decoding each frame as it comes through the tokenizer's streaming decoder; the audio and
+    the figures (frames, seconds, first_audio_ms, x_realtime)."""
     pieces, stats = [], {}
-    for samples, figures in stream_speech(lm, ids, prompt, sampling, codec, started):
+    for samples, figures in stream_speech(lm, ids, prompt, sampling, codec, started, speaker):
         stats = figures
         if samples.size:
             pieces.append(samples)
@@ -110,7 +136,8 @@ def speak(lm: SpeechLM, ids: list[int], prompt: torch.Tensor, sampling: Sampling
 
 @torch.inference_mode()
 def stream_speech(lm: SpeechLM, ids: list[int], prompt: torch.Tensor, sampling: Sampling, codec,
-                  started: float | None = None) -> Iterator[tuple[np.ndarray, dict]]:
+                  started: float | None = None, speaker: torch.Tensor | None = None
+                  ) -> Iterator[tuple[np.ndarray, dict]]:
     """speak() as a generator: (samples that became final, the figures so far) per generated frame; the last
     item's figures are final. The samples add up to exactly frames × hop (the decoder's tail is cut)."""
     started = time.perf_counter() if started is None else started
@@ -135,7 +162,7 @@ def stream_speech(lm: SpeechLM, ids: list[int], prompt: torch.Tensor, sampling: 
         return samples
 
     with codec.streaming(1):
-        for frame in generate_frames(lm, prompt, ids, sampling):
+        for frame in generate_frames(lm, prompt, ids, sampling, speaker=speaker):
             frames += 1
             frame = frame.cpu()  # the LM may run on a GPU; the tokenizer decodes on the CPU
             if discrete:

@@ -19,12 +19,11 @@ def add_decoding_options(p: argparse.ArgumentParser) -> None:
 def apply_decoding_options(model, args: argparse.Namespace) -> None:
     """Set the options on a model that has them; refuse them for one that has not (they would be ignored)."""
     from codec.errors import VoxtokError
-    from codec.lowrate import LowRateCodec
 
     given = [name for name in ("decoder", "steps", "temperature") if getattr(args, name, None) is not None]
     if not given:
         return
-    if not isinstance(model, LowRateCodec):
+    if not model.continuous:
         raise VoxtokError(f"--{given[0]} applies to the 12.5 Hz tokenizer; model {model.model_id} has one decoder")
     decoder = args.decoder
     if decoder is None and (args.steps is not None or args.temperature is not None):

@@ -274,10 +274,9 @@ class VoxtokSystem:
 
     def check(self) -> None:
         from codec.compress import load_codec
-        from codec.lowrate import LowRateCodec
 
         self._model = load_codec(self.model_name)
-        if (self.decoding or self.latents) and not isinstance(self._model, LowRateCodec):
+        if (self.decoding or self.latents) and not self._model.continuous:
             raise VoxtokError(f"system {self.name}: decoder options and +latents need the 12.5 Hz tokenizer")
 
     def process(self, samples: np.ndarray, tmpdir: Path, key: str) -> Decoded:

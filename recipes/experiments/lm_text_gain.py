@@ -18,8 +18,7 @@ import numpy as np
 import torch
 
 from lm.model import SpeechLM
-from lm.phonemes import symbols_to_ids
-from lm.sequence import collate, training_item
+from lm.sequence import collate
 from lm.train import LMTrainer, load_lm_recipe
 
 
@@ -33,15 +32,12 @@ def main() -> None:
     ce: dict[str, list[list[float]]] = {"right": [], "other": []}
     with torch.no_grad():
         for i, u in enumerate(heldout):
-            prompt = trainer.prompt_for(u, np.random.default_rng(i))
             other = heldout[(i + 7) % len(heldout)]
             aligned = model.config.aligned
             for kind, phones, states in (("right", u.phones, trainer.states(u) if aligned else None),
                                          ("other", other.phones,
                                           trainer.states(u, len(other.alignment[1])) if aligned else None)):
-                ids = symbols_to_ids(phones, model.config.phone_symbols)
-                _, figures = model.loss(collate([training_item(model.config, prompt, ids, trainer._tokens(u),
-                                                               states)]))
+                _, figures = model.loss(collate([trainer.example(u, np.random.default_rng(i), phones, states)]))
                 ce[kind].append([figures[f"ce_{k}"] for k in range(model.config.num_codebooks)])
     right, other = np.mean(ce["right"], 0), np.mean(ce["other"], 0)
     print("CE, right phonemes:", np.round(right, 3))
