@@ -508,6 +508,23 @@ class LowRateCodec(VoxtokCodec):
         parts.append(tail[..., stream.decoder_skip:])
         return torch.cat(parts, dim=-1)
 
+    # ---- the flow decoder's pieces, as the ONNX export (export/lowrate_onnx.py) runs them -------------------
+    @property
+    def flow_prior_path(self) -> StreamingSequential:
+        """Tokens -> what the flow's prior mu is made from (here the regression decoder's parameters)."""
+        return self.decoder.parameter_path
+
+    def flow_prior(self, path_output: torch.Tensor) -> torch.Tensor:
+        return self.flow.prior_mean(path_output)
+
+    @property
+    def renderer(self) -> StreamingModule:
+        """The streaming layer that turns the flow's samples into audio (here the synthesiser)."""
+        return self.decoder.synth
+
+    def render_input(self, mu: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.flow.synth_parameters(mu + self.flow.pitch_from_prior(residual))
+
     def latent_statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, std) per latent dimension: encode_latents has already applied them; an LM that reads raw
         means normalises with these."""

@@ -382,7 +382,7 @@ class StackedCodec(VoxtokCodec):
             out, stream.regression_state = self.decoder.step(z, stream.regression_state)
         else:
             cond, stream.cond_state = self.flow.cond.step(z, stream.cond_state)
-            mu, stream.prior_state = self.decoder.normalised_path.step(z, stream.prior_state)
+            mu, stream.prior_state = self.flow_prior_path.step(z, stream.prior_state)
             cond = self.flow.condition(cond, mu)
             b, _, frames = cond.shape
             x = self.temperature * self.flow.noise_at(stream.frame_position, frames, b, cond.dtype)
@@ -393,7 +393,7 @@ class StackedCodec(VoxtokCodec):
                 v, stream.velocity_states[k] = self.flow.velocity.step(x, t, cond, stream.velocity_states[k], d)
                 x = x + v / steps
             stream.frame_position += frames
-            out, stream.base_state = self.decoder.base.step(self.decoder.base_denorm(mu + x), stream.base_state)
+            out, stream.base_state = self.renderer.step(self.render_input(mu, x), stream.base_state)
         if stream.decoder_skip:
             skip = min(stream.decoder_skip, out.shape[-1])
             out = out[..., skip:]
@@ -411,6 +411,23 @@ class StackedCodec(VoxtokCodec):
         tail = state[-1].reshape(state[-1].shape[0], 1, -1)
         parts.append(tail[..., stream.decoder_skip:])
         return torch.cat(parts, dim=-1)
+
+    # ---- the flow decoder's pieces, as the ONNX export (export/lowrate_onnx.py) runs them -------------------
+    @property
+    def flow_prior_path(self) -> StreamingSequential:
+        """Tokens -> the flow's prior mu: the regression decoder's normalised base latents."""
+        return self.decoder.normalised_path
+
+    def flow_prior(self, path_output: torch.Tensor) -> torch.Tensor:
+        return path_output
+
+    @property
+    def renderer(self) -> StreamingModule:
+        """The streaming layer that turns the flow's samples into audio: the base decoder."""
+        return self.decoder.base
+
+    def render_input(self, mu: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.decoder.base_denorm(mu + residual)
 
     def latent_statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, std) per latent dimension: encode_latents has already applied them."""

@@ -1,5 +1,7 @@
-"""ONNX export of the 12.5 Hz tokenizer (codec.lowrate): the streaming encoder and one flow step, with the pieces
-around them, so the torch-free runtime (export/lowrate_runtime.py) encodes and decodes chunk by chunk.
+"""ONNX export of the 12.5 Hz tokenizers (codec.stacked, codec.lowrate): the streaming encoder and one flow step,
+with the pieces around them, so the torch-free runtime (export/lowrate_runtime.py) encodes and decodes chunk by
+chunk. The model says what its pieces are (flow_prior_path, flow_prior, renderer, render_input): for the stacked
+tokenizer the encoder graph includes codec v2's encoder and the synth graph is v2's decoder and synthesiser.
 
 Graphs (float32, batch and length dynamic):
   latent_encoder_step: audio [B, 1, 1280 k] + states -> normalised latents [B, D, k] + new states
@@ -7,7 +9,7 @@ Graphs (float32, batch and length dynamic):
                        (mu: the regression decoder's prediction, which the flow's residual sample is added to)
   flow_step:           x [B, F, n], t [B], step size d [B], conditioning [B, C, n] + states -> velocity + states
   synth_step:          mu and the flow's residual sample [B, F, n] + states -> audio [B, 1, 320 n] + new states
-                       (the sample's F0 / voicing channels are dropped: pitch comes from mu)
+                       (codec.lowrate: the sample's F0 / voicing channels are dropped, pitch comes from mu)
 The Euler loop, the noise table (flow_noise.npy, read by frame position) and FSQ (tanh, round, the level
 centroids in the manifest) are a few lines of numpy in the runtime. Each Euler step has its own flow_step
 states: the velocity net is causal in time, so step k of a chunk continues step k of the previous chunk.
@@ -47,15 +49,15 @@ class _CondStep(nn.Module):
 
     def __init__(self, model):
         super().__init__()
-        self.flow, self.parameter_path = model.flow, model.decoder.parameter_path
+        self.model = model
         self.cond_states = len(model.flow.cond.init_state(1))
 
     def forward(self, latents, states):
-        states = list(states)
-        cond, new_cond = self.flow.cond.step(latents, states[: self.cond_states])
-        parameters, new_prior = self.parameter_path.step(latents, states[self.cond_states:])
-        mu = self.flow.prior_mean(parameters)
-        return self.flow.condition(cond, mu), mu, tuple(new_cond + new_prior)
+        states, model = list(states), self.model
+        cond, new_cond = model.flow.cond.step(latents, states[: self.cond_states])
+        prior, new_prior = model.flow_prior_path.step(latents, states[self.cond_states:])
+        mu = model.flow_prior(prior)
+        return model.flow.condition(cond, mu), mu, tuple(new_cond + new_prior)
 
 
 class _FlowStep(nn.Module):
@@ -69,12 +71,14 @@ class _FlowStep(nn.Module):
 
 
 class _SynthStep(nn.Module):
+    """mu and the flow's residual sample -> audio (the synthesiser, or the base codec's decoder)."""
+
     def __init__(self, model):
         super().__init__()
-        self.flow, self.synth = model.flow, model.decoder.synth
+        self.model = model
 
     def forward(self, mu, x, states):
-        audio, new = self.synth.step(self.flow.synth_parameters(mu + self.flow.pitch_from_prior(x)), list(states))
+        audio, new = self.model.renderer.step(self.model.render_input(mu, x), list(states))
         return audio, tuple(new)
 
 
@@ -92,9 +96,9 @@ def export_lowrate_onnx(model, out_dir: str | Path, weights_sha256: str | None =
     batch = torch.export.Dim("batch", min=1, max=4096)
     frames = torch.export.Dim("frames", min=1, max=10_000_000)
     enc_states = model.encoder.init_state(2)
-    cond_states = model.flow.cond.init_state(2) + model.decoder.parameter_path.init_state(2)
+    cond_states = model.flow.cond.init_state(2) + model.flow_prior_path.init_state(2)
     flow_states = model.flow.velocity.init_state(2)
-    synth_states = model.decoder.synth.init_state(2)
+    synth_states = model.renderer.init_state(2)
     descs = {"latent_encoder_step": _describe_states("enc", enc_states),
              "flow_cond_step": _describe_states("cond", cond_states),
              "flow_step": _describe_states("flow", flow_states),

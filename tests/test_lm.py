@@ -284,20 +284,25 @@ def test_corpus_training_and_tts_end_to_end(tmp_path, capsys, tiny_corpus):
     (row,) = result["rows"]  # the tiny corpus holds one held-out utterance
     assert row["truth_frames"] > 0 and 0 <= row["per_truth"] and 0 <= row["wer_gen"]
     assert row["duration_ratio"] == row["frames"] / row["truth_frames"]
-    assert set(result["bars"]) >= {"per_ratio", "wer_ratio", "sim_gap", "ended", "duration_within_30pct"}
-    assert result["summary"]["generations"] == 1 and "per_ratio" in capsys.readouterr().out
+    # Absolute bars: the generated speech beside the same sentence read by the reference (its recording).
+    assert set(result["bars"]) >= {"wer", "similarity", "ended", "duration_within_30pct", "x_realtime_median"}
+    assert result["summary"]["wer_ref"] is not None and row["wer_ref"] >= 0
+    wer_bar = result["bars"]["wer"]
+    assert wer_bar["threshold"] == round(1.5 * result["summary"]["wer_ref"] + 0.05, 4)
+    assert wer_bar["met"] == (wer_bar["value"] <= wer_bar["threshold"])
+    assert result["summary"]["generations"] == 1 and "similarity" in capsys.readouterr().out
     # Reports side by side, as the model cards show them; a file that is not a report is one error line.
     assert main(["lm", "eval", "--compare", str(report), str(report)]) == 0
     table = capsys.readouterr().out
-    assert table.count("PER ratio (bar ≤ 1.5)") == 1 and "| generations | 1 | 1 |" in table
+    assert table.count("WER reference reading") == 1 and "| generations | 1 | 1 |" in table
     assert main(["lm", "eval", "--compare", str(tmp_path / "said.wav")]) == 1
     assert "not a readable lm eval report" in capsys.readouterr().err
-    # A corpus re-made with other tokenizer weights is refused before any generation.
+    # A corpus re-made with other token-defining tokenizer weights is refused before any generation.
     import shutil
 
     shutil.copytree(tiny_corpus / "corpus", tmp_path / "other_corpus")
     other = json.loads((tmp_path / "other_corpus" / "corpus.json").read_text())
-    (tmp_path / "other_corpus" / "corpus.json").write_text(json.dumps({**other, "tokenizer_weights_hash": "0" * 12}))
+    (tmp_path / "other_corpus" / "corpus.json").write_text(json.dumps({**other, "tokenizer_tokens_hash": "0" * 12}))
     assert main([*base[:4], "--corpus", str(tmp_path / "other_corpus"), *base[6:], "-o", str(report)]) == 1
     assert "other weights" in capsys.readouterr().err
 

@@ -206,3 +206,21 @@ eval_files = 1
     x = torch.from_numpy(voiced_signal(1.0, 140, 5))[None, None].double()
     assert model.decode(model.encode(x)).shape[-1] == 13 * HOP
     assert int(model.flow.shortcut) == 1  # the few-step flow learnt its step-size input
+
+
+def test_onnx_export_streams_like_pytorch(tiny_stacked, tmp_path):
+    """The encoder graph holds the base encoder, the synth graph the base decoder: the torch-free runtime gives
+    PyTorch's latents and, streaming odd chunks through one flow step at a time, PyTorch's flow decoding."""
+    pytest.importorskip("onnxruntime")
+    from export.lowrate_onnx import export_lowrate_onnx, verify_lowrate_export
+    from export.lowrate_runtime import LowRateRuntime
+
+    manifest = export_lowrate_onnx(tiny_stacked, tmp_path / "onnx")
+    assert manifest["decoder_skip_samples"] == HOP + 240 and manifest["latency"]["algorithmic_ms"] == 175.0
+    report = verify_lowrate_export(tiny_stacked, tmp_path / "onnx", voiced_signal(1.5, 160, 4), steps=2)
+    assert report["latent_max_abs_error"] < 1e-3 and report["stream_snr_db"] > 30
+    x = torch.from_numpy(voiced_signal(1.0, 150, 1))[None, None].double()
+    with torch.no_grad():
+        latents, tokens = tiny_stacked.encode_latents(x)[0].float().numpy(), tiny_stacked.encode(x)[0].numpy()
+    assert np.array_equal(LowRateRuntime(tmp_path / "onnx").fsq_codes(latents), tokens)
+    tiny_stacked.set_decoding("regression", steps=8)

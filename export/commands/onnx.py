@@ -34,10 +34,9 @@ def run_onnx(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if args.model:
         from codec.compress import load_codec
-        from codec.lowrate import LowRateCodec
 
         model = load_codec(args.model)
-        if isinstance(model, LowRateCodec):
+        if model.continuous:  # the 12.5 Hz tokenizers: continuous tokens and a flow decoder
             return _export_lowrate(model, args, out)
     manifest = export_pretrained(args.model, out, int8=args.int8)
     summary = {
