@@ -19,7 +19,7 @@ SAMPLE_RATE = 16000
 DEFAULT_MAX_SECONDS = 60.0
 OPUS_MIN_KBPS = 6.0  # opusenc's floor
 MODELS = {"voxtok-16k-v2": "codec v2: 50 Hz RVQ, harmonic decoder (default)", "voxtok-16k": "codec v1: 50 Hz RVQ",
-          "voxtok-16k-12hz": "12.5 Hz tokenizer: FSQ twin, 1 kbps (the LM's tokens)"}
+          "voxtok-16k-12hz": "12.5 Hz tokenizer on codec v2: FSQ twin, 1 kbps (the LM's tokens)"}
 # The streaming tab runs the RVQ codecs' ONNX export (the 12.5 Hz tokenizer's export has its own runtime).
 STREAMING_MODELS = ["voxtok-16k-v2", "voxtok-16k"]
 

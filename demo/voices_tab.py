@@ -9,6 +9,7 @@ shipped LMs decode with the tokenizer they name)."""
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +27,9 @@ def available_lms() -> dict[str, str]:
     """Name -> model folder, shipped first."""
     from lm.tts import DEFAULT_LM, PRETRAINED_ROOT
 
-    shipped = sorted(PRETRAINED_ROOT.glob("*"), key=lambda p: (p.name != DEFAULT_LM, p.name))  # the default first
+    # The default first, retired versions (a "-vN" suffix: they speak through a retired tokenizer) last.
+    shipped = sorted(PRETRAINED_ROOT.glob("*"),
+                     key=lambda p: (p.name != DEFAULT_LM, re.search(r"-v\d+$", p.name) is not None, p.name))
     found = {p.name: str(p) for p in shipped if (p / "config.json").is_file()}
     found.update(_environment_lms())
     return found
@@ -86,6 +89,13 @@ def speak_stream(text: str, voice_path: str | Path | None, model_name: str, temp
         raise DemoInputError("flow steps must be between 1 and 64")
     lm, tokenizer = _load(model_name)
     voice = load_upload(voice_path, max_seconds=30.0) if voice_path else None
+    if voice is not None:
+        from lm.tts import check_voice_prompt
+
+        try:
+            check_voice_prompt(voice, "the voice prompt")
+        except VoxtokError as exc:  # silent, or too short to carry a voice
+            raise DemoInputError(str(exc)) from None
     sampling = Sampling(temperature=float(temperature), top_k=50, seed=int(seed),
                         max_frames=max(1, int(max_seconds * lm.config.frame_rate)),
                         flow_steps=None if steps is None else int(steps))

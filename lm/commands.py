@@ -116,10 +116,10 @@ def run_tts(args: argparse.Namespace) -> int:
     codec = tokenizer_for(lm, args.tokenizer)
     voice = None
     if args.voice:
-        from codec.compress import check_encodable
+        from lm.tts import check_voice_prompt
 
         voice = load_audio(args.voice, codec.config.sample_rate)
-        check_encodable(voice, args.voice)
+        check_voice_prompt(voice, args.voice, codec.config.sample_rate)
     sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                         max_frames=max(1, int(args.max_seconds * lm.config.frame_rate)), flow_steps=args.steps)
     audio, stats = synthesize(lm, args.text, voice, sampling, tokenizer=codec)

@@ -25,10 +25,28 @@ from lm.model import SpeechLM
 from lm.phonemes import phonemize, symbols_to_ids
 
 PRETRAINED_ROOT = Path(__file__).resolve().parent / "pretrained"
-# The continuous LM says its text best (PER 1.22x the re-synthesised ground truth against the discrete LM's 1.50x;
-# their cards): it is the default, and the discrete one is a --model away.
+# The continuous LM on the 12.5 Hz tokens stacked on codec v2 (issue #28); the LMs of the retired 12.5 Hz
+# tokenizer stay as voxtok-lm-continuous-v1 / voxtok-lm-discrete-v1.
 DEFAULT_LM = "voxtok-lm-continuous"
-MAX_PROMPT_SECONDS = 10.0
+MAX_PROMPT_SECONDS = 10.0  # the LM reads at most this much of the prompt
+# A voice prompt shorter than this carries too little of the voice (Resemblyzer wants >= 1.6 s of speech), and one
+# longer than the upper bound is almost surely the wrong file: both are refused instead of silently used.
+PROMPT_SECONDS_RANGE = (1.0, 120.0)
+
+
+def check_voice_prompt(voice: np.ndarray, source: str = "voice prompt", sample_rate: int = 16000) -> None:
+    """One clear error for a prompt the LM cannot take a voice from: empty, NaN, silent, too short or too long."""
+    from codec.compress import check_encodable
+
+    check_encodable(voice, source)
+    seconds = len(voice) / sample_rate
+    low, high = PROMPT_SECONDS_RANGE
+    if seconds < low:
+        raise VoxtokError(f"{source}: {seconds:.2f} s of audio is too short for a voice prompt (give {low:g}-"
+                          f"{high:g} s of the voice speaking)")
+    if seconds > high:
+        raise VoxtokError(f"{source}: {seconds:.0f} s of audio is too long for a voice prompt (give {low:g}-"
+                          f"{high:g} s; the LM reads the first {MAX_PROMPT_SECONDS:g} s)")
 
 
 def load_lm(name_or_path: str | Path | None = None, device: str = "cpu") -> SpeechLM:

@@ -284,8 +284,9 @@ def test_voices_tab_speaks_with_a_trained_lm_and_explains_bad_requests(tmp_path,
     assert all("phonemes: `ðə" in summary for _, summary in pieces)
     # The shipped LMs come first, the default first, and decode with their own tokenizer, whatever
     # VOXTOK_DEMO_TOKENIZER names; each says a short sentence and ends by itself.
-    assert list(voices_tab.available_lms())[:2] == ["voxtok-lm-continuous", "voxtok-lm-discrete"]
-    for shipped in ("voxtok-lm-continuous", "voxtok-lm-discrete"):
+    lms = list(voices_tab.available_lms())
+    assert lms[:2] == ["voxtok-lm-continuous", "voxtok-lm-discrete"] and "voxtok-lm-discrete-v1" in lms
+    for shipped in ("voxtok-lm-continuous", "voxtok-lm-discrete", "voxtok-lm-discrete-v1"):
         audio, summary = voices_tab.speak("the cat ran", None, shipped, seed=1, max_seconds=5.0)
         assert 0 < len(audio) < 5 * 16000 and "ended by itself" in summary
     # The continuous LM takes the flow steps.

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_harmonic_codec import voiced_signal
 
 from codec.errors import VoxtokError
 from lm.delay import apply_delay, undo_delay
@@ -272,6 +273,26 @@ def test_corpus_training_and_tts_end_to_end(tmp_path, capsys, tiny_corpus):
     err = capsys.readouterr().err
     assert "text is empty" in err and "unknown LM" in err
     assert not (tmp_path / "x.wav").exists() and not (tmp_path / "y.wav").exists()
+    # Bad input (issue #28): each one error line naming the problem, exit 1, no output file.
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    speechy = voiced_signal(2.0, 140, 3)
+    sf.write(tmp_path / "silent.wav", np.zeros(32000, dtype=np.float32), 16000)
+    sf.write(tmp_path / "short.wav", speechy[:1600], 16000)
+    sf.write(tmp_path / "long.wav", np.tile(speechy, 300) + 1e-3 * rng.standard_normal(600 * 16000), 16000)
+    (tmp_path / "notes.wav").write_text("not audio at all")
+    checkpoint = ["--model", str(tmp_path / "run" / "checkpoint")]
+    cases = [(["x" * 100_000], "characters; at most"), (["∰∯ ∰"], "nothing espeak-ng can pronounce"),
+             (["hi", "--voice", str(tmp_path / "silent.wav")], "silent"),
+             (["hi", "--voice", str(tmp_path / "short.wav")], "too short for a voice prompt"),
+             (["hi", "--voice", str(tmp_path / "long.wav")], "too long for a voice prompt"),
+             (["hi", "--voice", str(tmp_path / "notes.wav")], "notes.wav")]
+    for args, message in cases:
+        assert main(["tts", *args, "-o", str(tmp_path / "bad.wav"), *checkpoint]) == 1, args[0][:20]
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        assert not (tmp_path / "bad.wav").exists()
     # `voxtok lm eval`: the held-out sentence spoken and judged (hama, pocketsphinx, Resemblyzer) beside its
     # re-synthesised ground truth; a report that is not .json is refused before any generation.
     report = tmp_path / "eval.json"

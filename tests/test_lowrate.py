@@ -324,7 +324,7 @@ def test_the_trainers_decoded_crop_is_what_the_model_decodes(dev_speech):
     from codec.features import LogMel
     from codec.train_lowrate import LowRateTrainer
 
-    model = load_codec("voxtok-16k-12hz").float().eval()
+    model = load_codec("voxtok-16k-12hz-v1").float().eval()  # the LowRateCodec (retired 12.5 Hz tokenizer)
     model.set_decoding("regression")
     samples, _ = dev_speech
     x = torch.from_numpy(samples[: SR * 2].copy())[None, None]
