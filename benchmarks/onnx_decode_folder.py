@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from codec.audio import load_audio, save_audio
-from codec.eval.runner import read_manifest, read_split, select
-from export.cache import cached_export
-from export.runtime import OfflineCodec
+from voxtok.audio import load_audio, save_audio
+from voxtok.eval.runner import read_manifest, read_split, select
+from voxtok.export.cache import cached_export
+from voxtok.export.runtime import OfflineCodec
 
 
 def main() -> None:

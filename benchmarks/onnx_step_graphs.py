@@ -16,8 +16,7 @@ import statistics
 import time
 
 import numpy as np
-
-from export.runtime import ExportedCodec
+from voxtok.export.runtime import ExportedCodec
 
 
 def _feed(codec: ExportedCodec, graph: str, frames: int) -> dict:
@@ -60,7 +59,7 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "int8"])
     args = parser.parse_args()
     if args.export_dir is None:
-        from export.cache import cached_export
+        from voxtok.export.cache import cached_export
 
         args.export_dir = cached_export(None, args.precision == "int8")
     codec = ExportedCodec(args.export_dir, threads=1, precision=args.precision)

@@ -1,5 +1,5 @@
 import sys
 
-from codec.cli import main
+from voxtok.cli import main
 
 sys.exit(main())

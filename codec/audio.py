@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import soxr
-
-from codec.errors import VoxtokError
+from voxtok.errors import VoxtokError
 
 WRITE_FORMATS = {".wav": "WAV", ".flac": "FLAC"}
 # Long files are read and written in blocks of this many seconds, so memory does not grow with duration.
@@ -139,7 +138,7 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
 
 
 def atomic_savez(path: str | Path, **arrays) -> None:
-    """np.savez to path through atomic_write (the caches of codec.data: whole files or none)."""
+    """np.savez to path through atomic_write (the caches of voxtok.data: whole files or none)."""
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:

@@ -25,9 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from codec.audio import atomic_write
-from codec.errors import VoxtokError
+from voxtok.audio import atomic_write
+from voxtok.errors import VoxtokError
 
 VTOK_MAGIC = b"VTOK"
 VTOK_VERSION = 1

@@ -10,9 +10,9 @@ import importlib
 import os
 import sys
 
-from codec.errors import VoxtokError
+from voxtok.errors import VoxtokError
 
-# Module names under codec.commands; a module that is missing (e.g. an optional extra) is skipped.
+# Module names under voxtok.commands; a module that is missing (e.g. an optional extra) is skipped.
 COMMANDS = ["encode", "decode", "info", "roundtrip", "train", "synth", "eval", "bench", "teacher"]
 ENTRY_POINT_GROUP = "voxtok.commands"
 
@@ -22,9 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         try:
-            module = importlib.import_module(f"codec.commands.{name}")
+            module = importlib.import_module(f"voxtok.commands.{name}")
         except ModuleNotFoundError as exc:
-            if exc.name == f"codec.commands.{name}":
+            if exc.name == f"voxtok.commands.{name}":
                 continue
             raise
         module.register(sub)
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
     """Run one command line; `parser` (default: every registered command) lets a package run its own commands
-    from a checkout that is not installed (`python -m lm`), with the same one-line errors."""
+    from a checkout that is not installed (`python -m voxtok.lm`), with the same one-line errors."""
     # Active OpenMP spinning makes 2-core machines several times slower under load.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = parser or build_parser()

@@ -11,37 +11,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from voxtok.audio import audio_duration, is_silent, iter_audio, load_audio, save_audio_blocks
+from voxtok.binary import ModelTokens, TokenHeader, decode_vtok, encode_vtok
+from voxtok.errors import VoxtokError
+from voxtok.loading import PRETRAINED_ROOT, available_models, load_codec  # noqa: F401  (re-exported)
+from voxtok.model import VoxtokCodec
 
-from codec.audio import audio_duration, is_silent, iter_audio, load_audio, save_audio_blocks
-from codec.binary import ModelTokens, TokenHeader, decode_vtok, encode_vtok
-from codec.config import DEFAULT_MODEL
-from codec.errors import VoxtokError
-from codec.model import VoxtokCodec
-
-PRETRAINED_ROOT = Path(__file__).resolve().parent / "pretrained"
 # Above this many seconds, encode/decode run chunk by chunk through the streaming path.
 STREAM_ABOVE_SECONDS = 60.0
 STREAM_CHUNK_SECONDS = 20.0
 # Pieces a file's blocks go through the streaming encoder in: v2's encoder features are ~40 MB per 10 s in float64.
 ENCODE_PIECE_SECONDS = 2.0
-
-
-def available_models() -> list[str]:
-    if not PRETRAINED_ROOT.is_dir():
-        return []
-    return sorted(p.name for p in PRETRAINED_ROOT.iterdir() if (p / "config.json").is_file())
-
-
-def load_codec(name_or_path: str | Path | None = None, device: str = "cpu") -> VoxtokCodec:
-    """A shipped model by name (default: DEFAULT_MODEL) or a folder with config.json + model.safetensors."""
-    target = name_or_path or DEFAULT_MODEL
-    path = Path(target)
-    if not path.is_dir():
-        path = PRETRAINED_ROOT / str(target)
-        if not path.is_dir():
-            known = ", ".join(available_models()) or "none installed"
-            raise VoxtokError(f"unknown model {target!r} (shipped models: {known}; or pass a model folder)")
-    return VoxtokCodec.from_pretrained(path, device=device)
 
 
 @torch.inference_mode()

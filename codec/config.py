@@ -78,7 +78,7 @@ class CodecConfig:
     def num_quantizers_for(self, bitrate_kbps: float | None) -> int:
         """The most codebooks whose bitrate fits in bitrate_kbps (all of them when None): the one bitrate rule,
         used by the torch model, the ONNX runtime's commands and the benchmarks alike."""
-        from codec.errors import VoxtokError
+        from voxtok.errors import VoxtokError
 
         if bitrate_kbps is None:
             return self.num_quantizers
@@ -188,7 +188,7 @@ class HarmonicCodecConfig(CodecConfig):
 
 @dataclass
 class LowRateConfig(HarmonicCodecConfig):
-    """The 12.5 Hz tokenizer (codec.lowrate): one token frame per hop_length = 1280 samples (80 ms). Its latent is
+    """The 12.5 Hz tokenizer (voxtok.lowrate): one token frame per hop_length = 1280 samples (80 ms). Its latent is
     continuous (a sigma-VAE mean, normalised by statistics shipped in the weights) and has a discrete twin: FSQ with
     fsq_levels levels per dimension, the dimensions in num_quantizers groups, each group one code of
     fsq_levels ** (latent_dim / num_quantizers) entries (5 ** 4 = 625: 10 bits, 8 groups = 1.0 kbps). Decoders run
@@ -249,7 +249,7 @@ class LowRateConfig(HarmonicCodecConfig):
 
 @dataclass
 class StackedConfig(CodecConfig):
-    """The 12.5 Hz tokenizer stacked on codec v2 (codec.stacked): one token per hop_length = 1280 samples (80 ms)
+    """The 12.5 Hz tokenizer stacked on codec v2 (voxtok.stacked): one token per hop_length = 1280 samples (80 ms)
     from base_hop_frames = 4 of the base codec's 50 Hz latents, and back to them. The base (`base_model`, a shipped
     name or a folder) encodes audio and decodes latents; this model holds only its own 12.5 Hz stage, and pins the
     base's token-defining weights (`base_tokens_hash`), so a base whose encoder changed is refused while a better

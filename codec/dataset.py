@@ -11,8 +11,7 @@ from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
-
-from codec.audio import load_audio
+from voxtok.audio import load_audio
 
 
 @dataclass

@@ -18,9 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from codec.data.align import PHONES
-from codec.errors import VoxtokError
+from voxtok.data.align import PHONES
+from voxtok.errors import VoxtokError
 
 
 @dataclass
@@ -160,7 +159,7 @@ class ContextTerm(LossTerm):
 class TeacherTerm(LossTerm):
     """Distillation from a speech encoder's hidden states (SpeechTokenizer / DM-Codec): a projection of RVQ-1
     follows layer `layer` of a frozen teacher with the d_axis loss. The teacher is a local folder: a HuBERT or
-    WavLM (loaded by transformers), or voxtok's own phone-CTC recogniser (codec.phone_teacher, model_type
+    WavLM (loaded by transformers), or voxtok's own phone-CTC recogniser (voxtok.phone_teacher, model_type
     "voxtok-phone-ctc"). The teacher's frames (20 ms) are matched to the codec's frames by index, the last
     repeated to the codec's length. The teacher is not part of this term's state: checkpoints keep only the
     projection."""
@@ -173,7 +172,7 @@ class TeacherTerm(LossTerm):
         super().__init__(latent_dim, weight, lr)
         from pathlib import Path
 
-        from codec.phone_teacher import PhoneCTC, is_phone_ctc_folder
+        from voxtok.phone_teacher import PhoneCTC, is_phone_ctc_folder
 
         folder = Path(model)
         if not model or not (folder / "config.json").is_file():
@@ -241,8 +240,7 @@ class RecognisedPhonesTerm(LossTerm):
 
     def __init__(self, latent_dim: int, model: str = "", weight: float = 1.0, lr: float = 0.0):
         super().__init__(latent_dim, weight, lr)
-        from codec.commands.teacher import DEFAULT_FOLDER
-        from codec.phone_teacher import PhoneCTC, is_phone_ctc_folder
+        from voxtok.phone_teacher import DEFAULT_FOLDER, PhoneCTC, is_phone_ctc_folder
 
         model = model or str(DEFAULT_FOLDER)  # the shipped recogniser
         if not is_phone_ctc_folder(model):

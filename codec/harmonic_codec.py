@@ -3,7 +3,7 @@
     audio -> EncoderFeatures (log-mel bands + normalised autocorrelation at pitch lags, 200 Hz, causal)
           -> causal ConvNeXt encoder -> 50 Hz latent -> residual VQ (the same quantizer as v1)
           -> causal ConvNeXt decoder -> per 5 ms: log-mel bands, F0, voicing, band aperiodicity
-          -> HarmonicSynth (codec.modules.harmonic): harmonic + noise excitation, phase carried as state
+          -> HarmonicSynth (voxtok.modules.harmonic): harmonic + noise excitation, phase carried as state
 
 Why: v1 had to learn phase, and with it pitch, from adversarial training and decoded noise shaped like speech.
 Here periodicity comes from the synthesiser, and every learned output has a regression target measured on the
@@ -20,13 +20,12 @@ import math
 
 import torch
 from torch import nn
-
-from codec.config import CodecConfig, HarmonicCodecConfig
-from codec.model import VoxtokCodec
-from codec.modules.conv import CausalConv1d
-from codec.modules.convnext import ChannelLayerNorm, ConvNeXtBlock
-from codec.modules.harmonic import F0_MAX_HZ, F0_MIN_HZ, HarmonicSynth, SynthAnalysis
-from codec.modules.streaming import State, StreamingModule, StreamingSequential
+from voxtok.config import CodecConfig, HarmonicCodecConfig
+from voxtok.model import VoxtokCodec
+from voxtok.modules.conv import CausalConv1d
+from voxtok.modules.convnext import ChannelLayerNorm, ConvNeXtBlock
+from voxtok.modules.harmonic import F0_MAX_HZ, F0_MIN_HZ, HarmonicSynth, SynthAnalysis
+from voxtok.modules.streaming import State, StreamingModule, StreamingSequential
 
 # F0 is predicted as log2(F0 / F0_REFERENCE_HZ), i.e. in octaves around a mid speaking pitch, or classified into
 # bins log-spaced over [F0_BINS_LOW_HZ, F0_BINS_HIGH_HZ].

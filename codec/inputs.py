@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from codec.errors import VoxtokError
+from voxtok.errors import VoxtokError
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au", ".caf", ".w64", ".rf64"}
 

@@ -27,10 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from codec.audio import atomic_write
-from codec.binary import MAX_HEADER_BYTES, MAX_SAMPLE_RATE, frames_for, load_bounded_json, read_bytes
-from codec.errors import VoxtokError
+from voxtok.audio import atomic_write
+from voxtok.binary import MAX_HEADER_BYTES, MAX_SAMPLE_RATE, frames_for, load_bounded_json, read_bytes
+from voxtok.errors import VoxtokError
 
 VLAT_MAGIC = b"VLAT"
 VLAT_VERSION = 1

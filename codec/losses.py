@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from codec.features import LogMel, num_mels_for_window
+from voxtok.features import LogMel, num_mels_for_window
 
 
 class MultiResolutionMelLoss(nn.Module):

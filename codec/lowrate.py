@@ -30,15 +30,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from codec.config import LowRateConfig
-from codec.harmonic_codec import EncoderFeatures, SynthParameters
-from codec.model import VoxtokCodec
-from codec.modules.conv import CausalConv1d
-from codec.modules.convnext import ChannelLayerNorm, ConvNeXtBlock
-from codec.modules.flow import ResidualFlowRules, VelocityNet, fixed_noise
-from codec.modules.harmonic import F0_MAX_HZ, F0_MIN_HZ, HarmonicSynth
-from codec.modules.streaming import State, StreamingModule, StreamingSequential
+from voxtok.config import LowRateConfig
+from voxtok.harmonic_codec import EncoderFeatures, SynthParameters
+from voxtok.model import VoxtokCodec
+from voxtok.modules.conv import CausalConv1d
+from voxtok.modules.convnext import ChannelLayerNorm, ConvNeXtBlock
+from voxtok.modules.flow import ResidualFlowRules, VelocityNet, fixed_noise
+from voxtok.modules.harmonic import F0_MAX_HZ, F0_MIN_HZ, HarmonicSynth
+from voxtok.modules.streaming import State, StreamingModule, StreamingSequential
 
 
 def _blocks(dim: int, count: int, cfg: LowRateConfig) -> list[nn.Module]:
@@ -364,7 +363,7 @@ class LowRateCodec(VoxtokCodec):
 
     def num_quantizers_for(self, bitrate_kbps: float | None) -> int:
         """All the FSQ groups or nothing: a group left out is not a coarser code, it is a missing dimension."""
-        from codec.errors import VoxtokError
+        from voxtok.errors import VoxtokError
 
         n, kbps = self.operating_points[0]
         if bitrate_kbps is not None and bitrate_kbps + 1e-6 < kbps:
@@ -381,7 +380,7 @@ class LowRateCodec(VoxtokCodec):
 
     def set_decoding(self, kind: str | None = None, steps: int | None = None,
                      temperature: float | None = None) -> LowRateCodec:
-        from codec.errors import VoxtokError
+        from voxtok.errors import VoxtokError
 
         if kind is not None:
             if kind not in ("flow", "regression"):
@@ -420,7 +419,7 @@ class LowRateCodec(VoxtokCodec):
         return self._trim_decoder_output(blocks, z.shape[-1])
 
     def forward(self, wav: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        raise NotImplementedError("LowRateCodec trains through codec.train_lowrate")
+        raise NotImplementedError("LowRateCodec trains through voxtok.train_lowrate")
 
     # ---- streaming --------------------------------------------------------------------------------------
     @contextlib.contextmanager

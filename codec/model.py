@@ -16,20 +16,15 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
-
-from codec.config import CodecConfig, HarmonicCodecConfig, LowRateConfig, StackedConfig, config_from_dict
-from codec.errors import VoxtokError
-from codec.modules.conv import CausalConv1d
-from codec.modules.convnext import ChannelLayerNorm, ConvNeXtBlock
-from codec.modules.istft_head import ISTFTHead
-from codec.modules.streaming import State, StreamingSequential
-from codec.quantization import ResidualQuantizer
+from voxtok.config import CodecConfig
+from voxtok.modules.conv import CausalConv1d
+from voxtok.modules.convnext import ChannelLayerNorm, ConvNeXtBlock
+from voxtok.modules.istft_head import ISTFTHead
+from voxtok.modules.streaming import State, StreamingSequential
+from voxtok.quantization import ResidualQuantizer
 
 # Codebook EMA statistics: needed to keep training, not to encode or decode.
 TRAINING_ONLY_BUFFERS = ("._codebook.embed_avg", "._codebook.cluster_size")
-# A model folder from elsewhere is refused above this size before anything is allocated (the shipped model has
-# 7.3 M parameters; 200 M float32 parameters are 800 MB).
-MAX_PARAMETERS = 200_000_000
 
 
 def half_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -109,7 +104,7 @@ class VoxtokCodec(nn.Module):
     def make_decoder(self, cfg: CodecConfig) -> StreamingSequential:
         return Decoder(cfg)
 
-    # ---- the tokenizer interface (codec.tokenizer.Tokenizer) ------------------------------------------
+    # ---- the tokenizer interface (voxtok.tokenizer.Tokenizer) ------------------------------------------
     @property
     def model_id(self) -> str:
         return self.config.name
@@ -298,8 +293,9 @@ class VoxtokCodec(nn.Module):
         return tail[..., stream.decoder_skip:]
 
     # ---- weights --------------------------------------------------------------------------------
-    def finish_loading(self, directory: Path) -> None:
-        """Hook: what a model needs beyond its own folder's weights (the 12.5 Hz tokenizer attaches its base)."""
+    def finish_loading(self, directory: Path, load) -> None:
+        """Hook: what a model needs beyond its own folder's weights (the 12.5 Hz tokenizer attaches its base, which
+        it loads through `load`, voxtok.loading.load_codec: the loader is passed in so no model imports it)."""
 
     def save_pretrained(self, directory: str | Path, half: bool = False, inference_only: bool = False) -> None:
         """config.json + model.safetensors. `inference_only` drops the codebooks' EMA training statistics
@@ -318,43 +314,6 @@ class VoxtokCodec(nn.Module):
         fingerprint = codebooks_fingerprint(state) if inference_only else ""
         replace(self.config, codebooks_hash=fingerprint).save(directory / "config.json")
 
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> VoxtokCodec:
-        """Load a model folder. Everything in it is checked before use, each failure one VoxtokError: the config's
-        types and bounds, the model's size (counted on the meta device, allocating nothing), each tensor's name,
-        dtype and shape (from the safetensors header), and that every weight is finite."""
-        directory = Path(directory)
-        weights, config_path = directory / "model.safetensors", directory / "config.json"
-        if not weights.is_file() or not config_path.is_file():
-            raise VoxtokError(f"{directory}: not a voxtok model (needs config.json and model.safetensors)")
-        try:
-            config, model_class = _config_and_class(config_path)
-        except (OSError, UnicodeDecodeError, ValueError, TypeError, RecursionError) as exc:
-            raise VoxtokError(f"{config_path}: not a valid codec config ({_first_line(exc)})") from None
-        if not issubclass(model_class, cls):
-            raise VoxtokError(f"{config_path}: describes a {model_class.__name__}, not a {cls.__name__}")
-        cls = model_class
-        with torch.device("meta"):
-            skeleton = cls(config)
-        size = sum(p.numel() for p in skeleton.parameters())
-        if size > MAX_PARAMETERS:
-            raise VoxtokError(f"{config_path}: describes a model of {size:,} parameters, "
-                              f"more than voxtok loads ({MAX_PARAMETERS:,})")
-        expected = {k: v for k, v in skeleton.state_dict().items()}
-        state = _load_checked(weights, expected, device)
-        model = cls(config)
-        model.load_state_dict(state, strict=False)
-        model.to(device)
-        model.finish_loading(directory)
-        model.eval()
-        model.use_exact_encoder()
-        if not model.quantizer.initialized():
-            raise VoxtokError(f"{directory}: codebooks were never initialised (an untrained checkpoint)")
-        if config.codebooks_hash and codebooks_fingerprint(state) != config.codebooks_hash:
-            raise VoxtokError(f"{directory}: config.json names codebooks {config.codebooks_hash}, model.safetensors "
-                              f"holds {codebooks_fingerprint(state)} (files from two different exports)")
-        return model
-
 
 def codebooks_fingerprint(state: dict[str, torch.Tensor]) -> str:
     """12 hex digits of sha256 over the codebooks (fp32, in name order): what tells two trainings of one
@@ -369,66 +328,3 @@ def codebooks_fingerprint(state: dict[str, torch.Tensor]) -> str:
         digest.update(name.encode())
         digest.update(state[name].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return digest.hexdigest()[:12]
-
-
-def model_class_for(config: CodecConfig) -> type[VoxtokCodec]:
-    from codec.harmonic_codec import HarmonicCodec
-
-    if isinstance(config, StackedConfig):
-        from codec.stacked import StackedCodec
-
-        return StackedCodec
-    if isinstance(config, LowRateConfig):
-        from codec.lowrate import LowRateCodec
-
-        return LowRateCodec
-    return HarmonicCodec if isinstance(config, HarmonicCodecConfig) else VoxtokCodec
-
-
-def _config_and_class(config_path: Path) -> tuple[CodecConfig, type[VoxtokCodec]]:
-    import json
-
-    config = config_from_dict(json.loads(config_path.read_text(encoding="utf-8")))
-    return config, model_class_for(config)
-
-
-def _load_checked(weights: Path, expected: dict[str, torch.Tensor], device: str | torch.device
-                  ) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors file, refused unless names, shapes and dtypes match `expected` (read from the
-    file's header, before any tensor is loaded) and every floating value is finite."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(weights), framework="pt", device=str(device)) as f:
-            names = set(f.keys())
-            missing = [k for k in expected if k not in names and not k.endswith(TRAINING_ONLY_BUFFERS)]
-            unexpected = sorted(names - set(expected))
-            if missing or unexpected:
-                raise VoxtokError(f"{weights}: weights do not match config.json "
-                                  f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-            for name in sorted(names):
-                shape = list(f.get_slice(name).get_shape())
-                if shape != list(expected[name].shape):
-                    raise VoxtokError(f"{weights}: tensor {name} has shape {shape}, "
-                                      f"config.json needs {list(expected[name].shape)}")
-            state = {}
-            for name in sorted(names):
-                tensor = f.get_tensor(name)
-                if tensor.is_floating_point() != expected[name].is_floating_point():
-                    raise VoxtokError(f"{weights}: tensor {name} has dtype {tensor.dtype}, "
-                                      f"expected {expected[name].dtype}")
-                if tensor.is_floating_point():
-                    tensor = tensor.float()
-                    if not torch.isfinite(tensor).all():
-                        raise VoxtokError(f"{weights}: tensor {name} holds NaN or infinite values")
-                state[name] = tensor
-    except VoxtokError:
-        raise
-    except Exception as exc:  # safetensors raises its own error types (and OSError) for damaged files
-        raise VoxtokError(f"{weights}: not a readable safetensors file ({_first_line(exc)})") from None
-    return state
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

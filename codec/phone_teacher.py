@@ -33,14 +33,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from codec.errors import VoxtokError
-from codec.features import LogMel
+from voxtok.errors import VoxtokError
+from voxtok.features import LogMel
+from voxtok.train import learning_rate, optimizer_tensors, restore_optimizer
 
 SAMPLE_RATE = 16000
 HOP = 320  # 20 ms frames, the codec's frame rate
 FRAME_SECONDS = HOP / SAMPLE_RATE
 MODEL_TYPE = "voxtok-phone-ctc"
+# The shipped recogniser (voxtok teacher, the distillation terms and LM phone alignment default to it).
+DEFAULT_FOLDER = Path(__file__).resolve().parent / "pretrained" / MODEL_TYPE
 BLANK = "<blank>"
 
 
@@ -186,8 +188,9 @@ class TeacherTrainConfig:
 
 def teacher_phones(text: str) -> list[str]:
     """The recogniser's target for a text: espeak-ng phonemes without word/clause boundaries and stress marks
-    (lm.phonemes.SILENT): neither is a sound a 20 ms frame can show, and CTC would have to spend outputs on them."""
-    from lm.phonemes import phonemize, sounding
+    (voxtok.lm.phonemes.SILENT): neither is a sound a 20 ms frame can show, and CTC would have to spend outputs
+    on them."""
+    from voxtok.lm.phonemes import phonemize, sounding
 
     symbols = phonemize(text)
     return [symbols[i] for i in sounding(symbols)]
@@ -195,7 +198,7 @@ def teacher_phones(text: str) -> list[str]:
 
 def read_recipe(path: str | Path) -> tuple[dict, TeacherTrainConfig]:
     """([model] overrides of PhoneCTCConfig, [train] config) from a TOML recipe."""
-    from codec.recipe import read_recipe_tables
+    from voxtok.recipe import read_recipe_tables
 
     tables = read_recipe_tables(path)
     model, train_table = tables.get("model", {}), tables.get("train", {})
@@ -222,9 +225,8 @@ def load_utterances(root: str | Path, split: str | None, table: dict[str, int] |
     """The transcribed files of a corpus folder (a split of it, if given) with their phone targets. `table`:
     a model's symbol table (its unknown symbols refuse the utterance); None grows a new one."""
     from tqdm import tqdm
-
-    from codec.audio import load_audio
-    from codec.eval.runner import read_manifest, read_split, select, spread_evenly
+    from voxtok.audio import load_audio
+    from voxtok.eval.runner import read_manifest, read_split, select, spread_evenly
 
     root = Path(root)
     entries = [e for e in select(read_manifest(root), read_split(split) if split else None) if e.text]
@@ -444,8 +446,6 @@ class TeacherTrainer:
         if state_file.is_file():
             from safetensors.torch import load_file
 
-            from codec.train import restore_optimizer
-
             state = json.loads(state_file.read_text())
             tensors = load_file(str(self.checkpoint / "optimizer.safetensors"))
             torch.set_rng_state(tensors.pop("rng.torch"))
@@ -454,8 +454,6 @@ class TeacherTrainer:
             self.batcher.rng.bit_generator.state = state["batcher_rng"]
 
     def lr_at(self, step: int) -> float:
-        from codec.train import learning_rate
-
         return learning_rate(step, self.cfg.lr, self.cfg)
 
     def save(self) -> None:
@@ -465,8 +463,6 @@ class TeacherTrainer:
         import shutil
 
         from safetensors.torch import save_file
-
-        from codec.train import optimizer_tensors
 
         tmp = self.out / "checkpoint.tmp"
         shutil.rmtree(tmp, ignore_errors=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from codec.errors import VoxtokError
+from voxtok.errors import VoxtokError
 
 
 def read_recipe_tables(path: str | Path, _seen: tuple = ()) -> dict:

@@ -13,9 +13,9 @@
                     fixed noise table, every layer causal so chunked decoding equals a full pass
 
 Why on v2's latents: v2's encoder keeps the phones (dPER 16% at 1.5 kbps) and its decoder and harmonic synthesiser
-make pitch and phase by DSP; the 12.5 Hz tokenizer trained from audio (codec.lowrate) lost the phones (dPER 38-45%).
+make pitch and phase by DSP; the 12.5 Hz tokenizer trained from audio (voxtok.lowrate) lost the phones (dPER 38-45%).
 Here the 12.5 Hz stage only has to compress v2's latents 4x in time, it trains on latents cached once per corpus
-(codec.data.latent_cache: no audio and no synthesis in the training loop), and a better v2 decoder (the tokens of
+(voxtok.data.latent_cache: no audio and no synthesis in the training loop), and a better v2 decoder (the tokens of
 v2 are pinned by `base_tokens_hash`) improves this tokenizer's speech without retraining anything.
 
 The base codec is not part of this model's weights: it is loaded from its own folder (`base_model`) and checked
@@ -33,15 +33,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from codec.config import StackedConfig
-from codec.errors import VoxtokError
-from codec.lowrate import FSQuantizer, TokenUpsample
-from codec.model import VoxtokCodec
-from codec.modules.conv import CausalConv1d
-from codec.modules.convnext import ChannelLayerNorm, ConvNeXtBlock
-from codec.modules.flow import ResidualFlowRules, VelocityNet, fixed_noise
-from codec.modules.streaming import State, StreamingModule, StreamingSequential
+from voxtok.config import StackedConfig
+from voxtok.errors import VoxtokError
+from voxtok.lowrate import FSQuantizer, TokenUpsample
+from voxtok.model import VoxtokCodec
+from voxtok.modules.conv import CausalConv1d
+from voxtok.modules.convnext import ChannelLayerNorm, ConvNeXtBlock
+from voxtok.modules.flow import ResidualFlowRules, VelocityNet, fixed_noise
+from voxtok.modules.streaming import State, StreamingModule, StreamingSequential
 
 
 def _blocks(dim: int, count: int, cfg: StackedConfig) -> list[nn.Module]:
@@ -246,10 +245,8 @@ class StackedCodec(VoxtokCodec):
         self.decoder.base.target.to(reference.device, self.decoder_dtype)
         return self
 
-    def finish_loading(self, directory: Path) -> None:
-        from codec.compress import load_codec
-
-        self.attach_base(load_codec(self.config.base_model, device=next(self.parameters()).device))
+    def finish_loading(self, directory: Path, load) -> None:
+        self.attach_base(load(self.config.base_model, device=next(self.parameters()).device))
 
     def _hash_weights(self, prefixes: tuple[str, ...]) -> str:
         """This model's own weights, chained with the base's matching hash: the base's encoder and quantizer
@@ -327,7 +324,7 @@ class StackedCodec(VoxtokCodec):
         return self._trim_decoder_output(blocks, z.shape[-1])
 
     def forward(self, wav: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        raise NotImplementedError("StackedCodec trains through codec.train_stacked, on cached base latents")
+        raise NotImplementedError("StackedCodec trains through voxtok.train_stacked, on cached base latents")
 
     # ---- streaming ----------------------------------------------------------------------------------------
     @contextlib.contextmanager

@@ -1,7 +1,7 @@
 """Codec training: mel + commitment from step 0, adversarial (multi-period + multi-resolution STFT
 discriminators) + feature matching from `adversarial_start`. Resumable from safetensors checkpoints.
 
-Data-parallel under torchrun (`torchrun --nproc_per_node N -m codec train RECIPE`, gloo on CPU, NCCL on GPUs):
+Data-parallel under torchrun (`torchrun --nproc_per_node N -m voxtok train RECIPE`, gloo on CPU, NCCL on GPUs):
 every rank starts from the same weights, draws its own crops, and after each backward the gradients are averaged
 across ranks; the quantizer's EMA codebooks (buffers, not gradients) are broadcast from rank 0 after each step
 so all ranks keep one codebook. Rank 0 alone logs, evaluates and writes checkpoints.
@@ -24,20 +24,18 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
-
-from codec.config import CodecConfig, HarmonicCodecConfig, LowRateConfig, StackedConfig, config_from_dict
-from codec.dataset import CropSampler, load_source, read_manifest
-from codec.discriminators import MultiPeriodDiscriminator, MultiResolutionDiscriminator
-from codec.errors import VoxtokError
-from codec.losses import (
+from voxtok.config import CodecConfig
+from voxtok.dataset import CropSampler, load_source, read_manifest
+from voxtok.discriminators import MultiPeriodDiscriminator, MultiResolutionDiscriminator
+from voxtok.errors import VoxtokError
+from voxtok.loading import model_class_for
+from voxtok.losses import (
     MultiResolutionMelLoss,
     discriminator_loss,
     feature_matching_loss,
     generator_adversarial_loss,
 )
-from codec.model import model_class_for
-from codec.quantization import ResidualQuantizer, dead_code_churn_warning
-from codec.recipe import read_recipe_tables
+from voxtok.quantization import ResidualQuantizer, dead_code_churn_warning
 
 
 @dataclass
@@ -73,46 +71,6 @@ class TrainConfig:
     synth_dirs: list[str] = field(default_factory=list)
     synth_weight: float = 1.0
     dev_split: str = "codec/splits/real_dev.txt"
-
-
-def load_recipe(path: str | Path) -> tuple[CodecConfig, TrainConfig]:
-    """A TOML recipe -> (model config, train config); `architecture = "harmonic"` in [model] selects the v2
-    codec and its regression training (codec.train_harmonic)."""
-    recipe = read_recipe_tables(path)
-    try:
-        model_cfg = config_from_dict(recipe.get("model", {}))
-    except (ValueError, TypeError) as exc:
-        raise VoxtokError(f"{path}: bad [model] table ({exc})") from None
-    config_class = trainer_class_for(model_cfg).config_class
-    flat: dict = {}
-    for table in ("data", "optim", "loss", "train"):
-        flat.update(recipe.get(table, {}))
-    if "terms" in recipe:  # auxiliary loss terms, one table each (codec.distill)
-        flat["terms"] = recipe["terms"]
-    known = config_class.__dataclass_fields__
-    unknown = set(flat) - set(known)
-    if unknown:
-        raise VoxtokError(f"{path}: unknown recipe keys {sorted(unknown)}")
-    if "betas" in flat:
-        flat["betas"] = tuple(flat["betas"])
-    return model_cfg, config_class(**flat)
-
-
-def trainer_class_for(model_cfg: CodecConfig) -> type[Trainer]:
-    """The trainer (and with it the recipe's train config) for a model config: the one place this is decided."""
-    if isinstance(model_cfg, StackedConfig):
-        from codec.train_stacked import StackedTrainer
-
-        return StackedTrainer
-    if isinstance(model_cfg, LowRateConfig):
-        from codec.train_lowrate import LowRateTrainer
-
-        return LowRateTrainer
-    if isinstance(model_cfg, HarmonicCodecConfig):
-        from codec.train_harmonic import HarmonicTrainer
-
-        return HarmonicTrainer
-    return Trainer
 
 
 def _init_distributed(device: str) -> tuple[int, int]:
@@ -194,7 +152,7 @@ def restore_optimizer(opt: torch.optim.Optimizer, prefix: str, tensors: dict, sc
 def _signal_metrics(ref: np.ndarray, decoded: np.ndarray) -> dict[str, float]:
     """PESQ-WB and STOI as `voxtok eval` computes them, when the eval extra is installed."""
     try:
-        from codec.eval.metrics import MetricUndefined, pesq_wb, stoi
+        from voxtok.eval.metrics import MetricUndefined, pesq_wb, stoi
     except ImportError:
         return {}
     out = {}
@@ -375,7 +333,7 @@ class Trainer:
     # ---- evaluation --------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict:
-        from codec.audio import load_audio, save_audio
+        from voxtok.audio import load_audio, save_audio
 
         self.model.eval()
         sr = self.model.config.sample_rate

@@ -14,7 +14,7 @@ bands fitted through the synthesiser reach PESQ-WB 2.44 where the input's own ba
 (recipes/experiments/envelope_ceiling.py).
 
 Checkpoints, resume, logging and the dev evaluation are codec.train.Trainer's.
-WORLD targets come from the cache of codec.data.pitch (computed once per file, ~0.3x real time).
+WORLD targets come from the cache of voxtok.data.pitch (computed once per file, ~0.3x real time).
 """
 
 from __future__ import annotations
@@ -27,15 +27,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
-
-from codec.audio import load_audio
-from codec.data.pitch import cached_world_features
-from codec.dataset import read_manifest, synth_cache_prefix
-from codec.distill import TermInputs, build_terms, codebooks_straight_through
-from codec.errors import VoxtokError
-from codec.harmonic_codec import F0_REFERENCE_HZ, HarmonicCodecConfig, f0_bin_centres
-from codec.modules.harmonic import SynthAnalysis
-from codec.train import TrainConfig, Trainer
+from voxtok.audio import load_audio
+from voxtok.data.pitch import cached_world_features
+from voxtok.dataset import read_manifest, synth_cache_prefix
+from voxtok.distill import TermInputs, build_terms, codebooks_straight_through
+from voxtok.errors import VoxtokError
+from voxtok.harmonic_codec import F0_REFERENCE_HZ, HarmonicCodecConfig, f0_bin_centres
+from voxtok.modules.harmonic import SynthAnalysis
+from voxtok.train import TrainConfig, Trainer
 
 
 @dataclass
@@ -130,7 +129,7 @@ class HarmonicTrainConfig(TrainConfig):
     voicing_target: str = "tracker"
     # The cache keeps WORLD's D4C aperiodicity in this many bands too (for experiments; v2 uses a fixed curve).
     pitch_ap_bands: int = 8
-    # Auxiliary terms ([terms.NAME] tables, codec.distill) and where their phone labels are cached.
+    # Auxiliary terms ([terms.NAME] tables, voxtok.distill) and where their phone labels are cached.
     terms: dict = field(default_factory=dict)
     align_cache: str = "data/cache/align"
     context_cache: str = "data/cache/context"
@@ -141,7 +140,7 @@ class HarmonicTrainConfig(TrainConfig):
 
 
 class HarmonicTrainer(Trainer):
-    """codec.train.Trainer with regression targets in place of the GAN."""
+    """voxtok.train.Trainer with regression targets in place of the GAN."""
 
     config_class = HarmonicTrainConfig
 
@@ -229,8 +228,8 @@ class HarmonicTrainer(Trainer):
                     context: bool) -> None:
         """Forced-aligned phones per code frame, and/or the text LM's word states per code frame, for a file
         with text (left None without text or when the alignment fails)."""
-        from codec.data.align import cached_alignment, code_frame_labels
-        from codec.errors import VoxtokError
+        from voxtok.data.align import cached_alignment, code_frame_labels
+        from voxtok.errors import VoxtokError
 
         text = row.get("text")
         if not isinstance(text, str) or not text.strip():
@@ -246,7 +245,7 @@ class HarmonicTrainer(Trainer):
             per = self.phone_positions
             clip.phones = code_frame_labels(alignment.phones, frames * per, frame_ms / per).reshape(frames, per)
         if context:
-            from codec.data.context import cached_text_states, frame_targets
+            from voxtok.data.context import cached_text_states, frame_targets
 
             words = [w for w, _, _ in alignment.words]
             states = cached_text_states(row["path"], words, self.cfg.context_cache, self._text_encoder)
@@ -255,13 +254,13 @@ class HarmonicTrainer(Trainer):
 
     @property
     def phone_positions(self) -> int:
-        """Phone labels per code frame: as many as the phone term asks for (codec.distill.PhoneTerm)."""
+        """Phone labels per code frame: as many as the phone term asks for (voxtok.distill.PhoneTerm)."""
         return max((getattr(term, "positions", 1) for term in self.terms.values() if "phones" in term.needs),
                    default=1)
 
     def _text_encoder(self):
         if self._text_model is None:
-            from codec.data.context import TextEncoder
+            from voxtok.data.context import TextEncoder
 
             self._text_model = TextEncoder(self.cfg.context_model or None)
         return self._text_model
@@ -272,8 +271,7 @@ class HarmonicTrainer(Trainer):
             import json
 
             from safetensors.torch import save_file
-
-            from codec.train import optimizer_tensors
+            from voxtok.train import optimizer_tensors
 
             weights = {k: v.contiguous() for k, v in self.terms.state_dict().items()}
             save_file(weights, str(directory / "terms.safetensors"))
@@ -288,8 +286,7 @@ class HarmonicTrainer(Trainer):
         import json
 
         from safetensors.torch import load_file
-
-        from codec.train import restore_optimizer
+        from voxtok.train import restore_optimizer
 
         weights = directory / "terms.safetensors"
         if not len(self.terms) or not weights.is_file():

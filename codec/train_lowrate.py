@@ -1,6 +1,6 @@
-"""Training the 12.5 Hz tokenizer (codec.lowrate) on a CPU: regression and flow matching, no GAN.
+"""Training the 12.5 Hz tokenizer (voxtok.lowrate) on a CPU: regression and flow matching, no GAN.
 
-    loss = [the v2 regression terms on the regression decoder's synthesiser parameters]   (codec.train_harmonic)
+    loss = [the v2 regression terms on the regression decoder's synthesiser parameters]   (voxtok.train_harmonic)
          + flow_weight * CFM(flow decoder | latents, detached)
          + kl_weight * mean(mu^2)                                   (the sigma-VAE's KL: an L2 on the mean)
 
@@ -20,9 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from codec.config import LowRateConfig
-from codec.train_harmonic import HarmonicTrainConfig, HarmonicTrainer
+from voxtok.config import LowRateConfig
+from voxtok.train_harmonic import HarmonicTrainConfig, HarmonicTrainer
 
 
 @dataclass
@@ -31,7 +30,7 @@ class LowRateTrainConfig(HarmonicTrainConfig):
     kl_weight: float = 1e-4
     vae_noise: float = 0.5
     discrete_prob: float = 0.5
-    # Shortcut self-consistency (codec.lowrate.FlowDecoder.shortcut_loss): the few-step flow decoder.
+    # Shortcut self-consistency (voxtok.lowrate.FlowDecoder.shortcut_loss): the few-step flow decoder.
     shortcut_weight: float = 0.0
     init_from: str = ""  # a codec v2 model folder whose encoder / decoder layers start this model
     eval_flow_steps: int = 8
@@ -148,7 +147,7 @@ class LowRateTrainer(HarmonicTrainer):
         if len(self.terms):
             # The distillation terms read the latent mean, normalised (what the LMs read): [terms.phone] puts the
             # phones into it, as the issue's phone head on the latent asks; labels are per 80 ms token.
-            from codec.distill import TermInputs
+            from voxtok.distill import TermInputs
 
             inputs = TermInputs(z, [z], phones=phones, context=context.float(), context_mask=context_mask,
                                 sentence=sentence, audio=audio, decoded=self.decoded_for_terms(raw, audio.shape[-1]))
@@ -176,8 +175,8 @@ class LowRateTrainer(HarmonicTrainer):
     def evaluate(self) -> dict:
         """Dev files through both token kinds and both decoders: log-mel L1 (and PESQ-WB / STOI when the eval
         extra is installed)."""
-        from codec.audio import load_audio, save_audio
-        from codec.train import _signal_metrics
+        from voxtok.audio import load_audio, save_audio
+        from voxtok.train import _signal_metrics
 
         model = self.model
         model.eval()
@@ -210,8 +209,7 @@ def initialise_from_v2(model, directory: str) -> int:
     """Copy codec v2's encoder layers 0-10 and decoder layers 1-9 (its LayerNorms, ConvNeXt blocks and parameter
     head) into the low-rate model where the shapes match; returns how many tensors were copied."""
     from safetensors.torch import load_file
-
-    from codec.errors import VoxtokError
+    from voxtok.errors import VoxtokError
 
     path = Path(directory) / "model.safetensors"
     if not path.is_file():

@@ -1,4 +1,4 @@
-"""Training the 12.5 Hz stage stacked on codec v2 (codec.stacked) on cached v2 latents: regression and flow
+"""Training the 12.5 Hz stage stacked on codec v2 (voxtok.stacked) on cached v2 latents: regression and flow
 matching, no audio in the loop.
 
     loss = latent_weight * L1(decoded base latents, the base latents)              (per dimension, normalised)
@@ -13,7 +13,7 @@ Each crop's decoders read either the continuous tokens (mu normalised, plus nois
 The flow decoder reads the tokens detached: it learns to decode them but does not shape them.
 
 Data: `sources`, each "ROOT:SPLIT" (a split of a real corpus) or "ROOT" (a synthetic folder), encoded once by the
-base codec into codec.data.latent_cache (filled on first use). Checkpoints, resume and logging are
+base codec into voxtok.data.latent_cache (filled on first use). Checkpoints, resume and logging are
 codec.train.Trainer's.
 """
 
@@ -25,11 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from codec.config import StackedConfig
-from codec.data.latent_cache import DEFAULT_CACHE, LatentCorpus, latent_sources
-from codec.errors import VoxtokError
-from codec.train import TrainConfig, Trainer
+from voxtok.config import StackedConfig
+from voxtok.data.latent_cache import DEFAULT_CACHE, LatentCorpus, latent_sources
+from voxtok.errors import VoxtokError
+from voxtok.train import TrainConfig, Trainer
 
 
 @dataclass
@@ -92,7 +91,7 @@ class StackedTrainer(Trainer):
 
     def __init__(self, model_cfg: StackedConfig, cfg: StackedTrainConfig, device: str = "cpu",
                  progress: bool = True):
-        from codec.compress import load_codec
+        from voxtok.compress import load_codec
 
         super().__init__(model_cfg, cfg, device, progress)
         base = load_codec(model_cfg.base_model)
@@ -110,7 +109,7 @@ class StackedTrainer(Trainer):
 
     # ---- data ---------------------------------------------------------------------------------------------
     def build_data(self) -> None:
-        from codec.eval.runner import read_manifest, read_split, select
+        from voxtok.eval.runner import read_manifest, read_split, select
 
         cfg, mcfg = self.cfg, self.model.config
         base = self.model.base
@@ -241,8 +240,8 @@ class StackedTrainer(Trainer):
     def evaluate(self) -> dict:
         """Dev files (no digits) through both token kinds and both decoders, and the base at its full rate as
         the ceiling: log-mel L1, PESQ-WB and STOI (the last two when the eval extra is installed)."""
-        from codec.audio import load_audio, save_audio
-        from codec.train import _signal_metrics
+        from voxtok.audio import load_audio, save_audio
+        from voxtok.train import _signal_metrics
 
         model = self.model
         model.eval()

@@ -14,9 +14,8 @@ from pathlib import Path
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
-
-from demo import codec_tab, streaming_tab, voices_tab  # noqa: E402
-from demo.codec_tab import SAMPLE_RATE, DemoInputError  # noqa: E402
+from voxtok.demo import codec_tab, streaming_tab, voices_tab  # noqa: E402
+from voxtok.demo.codec_tab import SAMPLE_RATE, DemoInputError  # noqa: E402
 
 EXAMPLES_DIR = Path(__file__).parent / "examples"
 

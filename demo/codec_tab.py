@@ -10,9 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from codec.errors import VoxtokError
-from demo.spectrogram import spectrogram_image
+from voxtok.demo.spectrogram import spectrogram_image
+from voxtok.errors import VoxtokError
 
 SAMPLE_RATE = 16000
 # Longer uploads are refused with a message: one request must not hold a CPU worker for minutes.
@@ -38,7 +37,7 @@ def load_model(name: str):
         raise DemoInputError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     with _models_lock:
         if name not in _models:
-            from codec.compress import load_codec
+            from voxtok.compress import load_codec
 
             _models[name] = load_codec(name)
         return _models[name]
@@ -56,7 +55,7 @@ def opus_kbps_for(kbps: float) -> float:
 
 def load_upload(path: str | Path | None, max_seconds: float = DEFAULT_MAX_SECONDS) -> np.ndarray:
     """An uploaded or recorded file -> 16 kHz mono float32, or a DemoInputError that says what is wrong."""
-    from codec.audio import load_audio
+    from voxtok.audio import load_audio
 
     if path is None:
         raise DemoInputError("upload or record some audio first (or pick an example)")
@@ -106,15 +105,15 @@ class Comparison:
 
 
 def _metrics(ref: np.ndarray, deg: np.ndarray) -> dict[str, float]:
-    from codec.eval.metrics import align, pesq_wb, stoi
+    from voxtok.eval.metrics import align, pesq_wb, stoi
 
     aligned, _lag = align(ref, deg)
     return {"PESQ-WB": pesq_wb(ref, aligned), "STOI": stoi(ref, aligned)}
 
 
 def _speaker_similarity(ref: np.ndarray, others: dict[str, np.ndarray]) -> dict[str, float]:
-    from codec.eval.metrics import cosine_similarity
-    from codec.eval.models import Judges
+    from voxtok.eval.metrics import cosine_similarity
+    from voxtok.eval.models import Judges
 
     global _judges
     with _models_lock:
@@ -128,7 +127,7 @@ def _speaker_similarity(ref: np.ndarray, others: dict[str, np.ndarray]) -> dict[
 def compare(path: str | Path | None, bitrate_kbps: float, model_name: str = "voxtok-16k-v2",
             max_seconds: float = DEFAULT_MAX_SECONDS, with_metrics: bool = True) -> Comparison:
     """The whole A/B for one upload. Raises DemoInputError with a message for the page."""
-    from codec.eval.systems import Opus, SystemFailure, VoxtokSystem
+    from voxtok.eval.systems import Opus, SystemFailure, VoxtokSystem
 
     samples = load_upload(path, max_seconds)
     points = operating_points(model_name)

@@ -27,12 +27,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from codec.errors import VoxtokError
+    from voxtok.errors import VoxtokError
 
     if args.max_seconds <= 0 or args.concurrency < 1 or args.queue_size < 1:
         raise VoxtokError("--max-seconds must be positive, --concurrency and --queue-size at least 1")
     try:
-        from demo.app import DemoConfig, launch
+        from voxtok.demo.app import DemoConfig, launch
     except ImportError as exc:
         raise VoxtokError(f"the demo needs gradio (pip install 'voxtok[demo]'): {exc}") from None
     config = DemoConfig(max_seconds=args.max_seconds, concurrency=args.concurrency, queue_size=args.queue_size)

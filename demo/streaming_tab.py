@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from codec.errors import VoxtokError
-from demo.codec_tab import DemoInputError, load_upload
+from voxtok.demo.codec_tab import DemoInputError, load_upload
+from voxtok.errors import VoxtokError
 
 CHUNK_MS = 20.0
 # The page gets a new piece of decoded audio (and fresh figures) this often.
@@ -27,8 +26,8 @@ _exports_lock = threading.Lock()
 
 def exported_codec(model_name: str):
     """The model's ONNX export (made once into the user cache, as `voxtok stream` does), opened once."""
-    from export.cache import cached_export
-    from export.runtime import ExportedCodec
+    from voxtok.export.cache import cached_export
+    from voxtok.export.runtime import ExportedCodec
 
     with _exports_lock:
         if model_name not in _exports:
@@ -62,8 +61,8 @@ class MicrophoneStream:
     """One listener's stream: push any block of samples, get back the decoded samples that are final."""
 
     def __init__(self, model_name: str = "voxtok-16k-v2", bitrate_kbps: float | None = None):
-        from codec.config import config_from_dict
-        from export.runtime import StreamingDecoder, StreamingEncoder
+        from voxtok.config import config_from_dict
+        from voxtok.export.runtime import StreamingDecoder, StreamingEncoder
 
         codec = exported_codec(model_name)
         self.sample_rate = codec.sample_rate

@@ -1,5 +1,5 @@
 """The voices tab's work: text + a voice prompt (an upload, a recording or a bundled example) -> speech from the
-speech LM (lm.tts), streamed through the 12.5 Hz tokenizer's decoder, with the time to first audio and the
+speech LM (voxtok.lm.tts), streamed through the 12.5 Hz tokenizer's decoder, with the time to first audio and the
 real-time factor.
 
 LMs come from lm/pretrained/ (the shipped ones) and from VOXTOK_DEMO_LMS (NAME=DIR pairs, comma-separated, for a
@@ -15,8 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-
-from demo.codec_tab import DemoInputError, load_upload
+from voxtok.demo.codec_tab import DemoInputError, load_upload
 
 MAX_TEXT_CHARS = 400
 _lms: dict[str, object] = {}
@@ -25,7 +24,7 @@ _lock = threading.Lock()
 
 def available_lms() -> dict[str, str]:
     """Name -> model folder, shipped first."""
-    from lm.tts import DEFAULT_LM, PRETRAINED_ROOT
+    from voxtok.lm.tts import DEFAULT_LM, PRETRAINED_ROOT
 
     # The default first, retired versions (a "-vN" suffix: they speak through a retired tokenizer) last.
     shipped = sorted(PRETRAINED_ROOT.glob("*"),
@@ -45,7 +44,7 @@ def _environment_lms() -> dict[str, str]:
 
 
 def _load(name: str):
-    from lm.tts import load_lm, tokenizer_for
+    from voxtok.lm.tts import load_lm, tokenizer_for
 
     models = available_lms()
     if name not in models:
@@ -74,10 +73,10 @@ def speak_stream(text: str, voice_path: str | Path | None, model_name: str, temp
     """The speech as it is generated: (16 kHz samples that became final, a Markdown summary with the phonemes
     and the figures so far); the request is checked before the first item, so a DemoInputError comes first.
     `steps`: the flow head's Euler steps of a continuous LM (None: the model's own; a discrete LM ignores it)."""
-    from codec.errors import VoxtokError
-    from lm.generate import Sampling
-    from lm.phonemes import phonemize, symbols_to_ids
-    from lm.tts import prompt_tokens, stream_speech, voice_embedding
+    from voxtok.errors import VoxtokError
+    from voxtok.lm.generate import Sampling
+    from voxtok.lm.phonemes import phonemize, symbols_to_ids
+    from voxtok.lm.tts import prompt_tokens, stream_speech, voice_embedding
 
     if not isinstance(text, str) or not text.strip():
         raise DemoInputError("type something for the voice to say")
@@ -90,7 +89,7 @@ def speak_stream(text: str, voice_path: str | Path | None, model_name: str, temp
     lm, tokenizer = _load(model_name)
     voice = load_upload(voice_path, max_seconds=30.0) if voice_path else None
     if voice is not None:
-        from lm.tts import check_voice_prompt
+        from voxtok.lm.tts import check_voice_prompt
 
         try:
             check_voice_prompt(voice, "the voice prompt")

@@ -19,7 +19,7 @@ def cached_export(model: str | None, int8: bool) -> Path:
     import json
     import sys
 
-    from codec.errors import VoxtokError
+    from voxtok.errors import VoxtokError
 
     model_dir = shipped_model_dir(model)
     weights = model_dir / "model.safetensors"
@@ -33,7 +33,7 @@ def cached_export(model: str | None, int8: bool) -> Path:
         if data.get("weights_sha256") == digest and (not int8 or "int8" in data.get("graphs", {})):
             return target
     try:
-        from export.onnx_export import export_pretrained
+        from voxtok.export.onnx_export import export_pretrained
     except ImportError as exc:
         raise VoxtokError(f"no ONNX export at hand and cannot make one ({exc}); install voxtok[onnx] "
                           "or pass --onnx DIR") from None
@@ -44,8 +44,8 @@ def cached_export(model: str | None, int8: bool) -> Path:
 
 def shipped_model_dir(model: str | None) -> Path:
     """The folder of a shipped model name or a model path, found without importing torch."""
-    from codec.config import DEFAULT_MODEL
-    from codec.errors import VoxtokError
+    from voxtok.config import DEFAULT_MODEL
+    from voxtok.errors import VoxtokError
 
     target = model or DEFAULT_MODEL
     path = Path(target)

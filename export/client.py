@@ -1,8 +1,8 @@
 """Python client for `voxtok serve`: stream PCM in and get codes back, or codes in and PCM back.
 
-    python -m export.client health [--url URL]
-    python -m export.client encode speech.flac -o codes.npy [--chunk-ms 20] [--int16] [--codebooks Q]
-    python -m export.client decode codes.npy -o speech.wav [--frames 1]
+    python -m voxtok.export.client health [--url URL]
+    python -m voxtok.export.client encode speech.flac -o codes.npy [--chunk-ms 20] [--int16] [--codebooks Q]
+    python -m voxtok.export.client decode codes.npy -o speech.wav [--frames 1]
 
 In code: `encode(url, samples)` / `decode(url, codes)` run a whole signal through the server, and
 `StreamClient` drives one stream message by message (see docs/protocol.md).
@@ -21,11 +21,8 @@ from collections.abc import Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
-
-from codec.errors import VoxtokError
-from export.protocol import (
+from voxtok.errors import VoxtokError
+from voxtok.export.protocol import (
     HEALTH_PATH,
     STREAM_PATH,
     bytes_to_codes,
@@ -33,6 +30,8 @@ from export.protocol import (
     float_to_pcm,
     pcm_to_float,
 )
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 DEFAULT_URL = f"ws://127.0.0.1:8765{STREAM_PATH}"
 # Replies are bounded by the protocol (1000 frames of float32 PCM is 1.28 MB); this is a safety cap.
@@ -218,7 +217,7 @@ def health(url: str, timeout: float = 5.0) -> dict:
 # ---- command line -------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m export.client", description="Client for `voxtok serve`.")
+    parser = argparse.ArgumentParser(prog="python -m voxtok.export.client", description="Client for `voxtok serve`.")
     parser.add_argument("--url", default=DEFAULT_URL, help=f"stream URL (default {DEFAULT_URL})")
     sub = parser.add_subparsers(dest="action", required=True)
     sub.add_parser("health", help="print the server's health JSON")
@@ -238,8 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.action == "health":
             print(json.dumps(info, indent=2))
         elif args.action == "encode":
-            from codec.audio import load_audio
-            from codec.binary import save_codes_npy
+            from voxtok.audio import load_audio
+            from voxtok.binary import save_codes_npy
 
             samples = load_audio(args.input, info["sample_rate"])
             chunk = max(1, int(round(args.chunk_ms * info["sample_rate"] / 1000)))
@@ -248,8 +247,8 @@ def main(argv: list[str] | None = None) -> int:
             save_codes_npy(args.output, codes)
             print(f"{args.input}: {codes.shape[1]} frames x {codes.shape[0]} codebooks -> {args.output}")
         else:
-            from codec.audio import save_audio
-            from codec.binary import load_codes_npy
+            from voxtok.audio import save_audio
+            from voxtok.binary import load_codes_npy
 
             codes = load_codes_npy(args.input)
             if args.frames < 1:

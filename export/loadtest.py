@@ -10,8 +10,8 @@ lost, duplicated or reordered frame anywhere fails the stream.
 A level of N streams passes when every stream verifies and the p95 chunk latency is below the chunk
 duration; the search doubles N while levels pass, then bisects, within a stream cap and a time budget.
 
-    python -m export.loadtest [--onnx DIR | --model M] [--seconds 10] [--budget-s 300] [--server-threads 2]
-    python -m export.loadtest --url ws://127.0.0.1:8765/v1/stream ...   (a server that is already running)
+    python -m voxtok.export.loadtest [--onnx DIR | --model M] [--seconds 10] [--budget-s 300] [--server-threads 2]
+    python -m voxtok.export.loadtest --url ws://127.0.0.1:8765/v1/stream ...   (a server that is already running)
 
 Only loopback addresses are accepted: this is a capacity probe for the machine it runs on.
 """
@@ -32,11 +32,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
-
-from codec.errors import VoxtokError
-from export.client import StreamClient, health
-from export.protocol import STREAM_PATH
-from export.runtime import ExportedCodec, OfflineCodec
+from voxtok.errors import VoxtokError
+from voxtok.export.client import StreamClient, health
+from voxtok.export.protocol import STREAM_PATH
+from voxtok.export.runtime import ExportedCodec, OfflineCodec
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 AUDIO_TOLERANCE = 1e-4  # batched vs single-stream float rounding is about 1e-5
@@ -250,7 +249,7 @@ def _free_port() -> int:
 
 def _start_server(onnx_dir: Path, threads: int, max_streams: int, log_path: Path) -> tuple[subprocess.Popen, str]:
     port = _free_port()
-    command = [sys.executable, "-m", "export.commands.serve", "--onnx", str(onnx_dir), "--host", "127.0.0.1",
+    command = [sys.executable, "-m", "voxtok.export.commands.serve", "--onnx", str(onnx_dir), "--host", "127.0.0.1",
                "--port", str(port), "--threads", str(threads), "--max-streams", str(max_streams),
                "--log-level", "warning"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
@@ -271,7 +270,7 @@ def _start_server(onnx_dir: Path, threads: int, max_streams: int, log_path: Path
 
 
 def _default_signals(sample_rate: int) -> list[np.ndarray]:
-    from codec.audio import load_audio
+    from voxtok.audio import load_audio
 
     root = Path(os.environ.get("VOXTOK_DATA", Path(__file__).resolve().parent.parent.parent / "shared" / "data"
                                / "real"))
@@ -284,7 +283,7 @@ def _default_signals(sample_rate: int) -> list[np.ndarray]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m export.loadtest", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m voxtok.export.loadtest", description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default=None, help="a running local server's stream URL (else one is started)")
     parser.add_argument("--onnx", default=None, help="export folder for the server and the offline reference")
     parser.add_argument("--model", default=None, help="model to export into the cache when --onnx is not given")
@@ -303,12 +302,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.seconds <= 0 or args.chunk_ms <= 0 or args.max_streams < 1 or args.budget_s <= 0:
             raise VoxtokError("--seconds, --chunk-ms, --max-streams and --budget-s must be positive")
-        from export.cache import cached_export
+        from voxtok.export.cache import cached_export
 
         onnx_dir = Path(args.onnx) if args.onnx else cached_export(args.model, False)
         codec = ExportedCodec(onnx_dir)
         if args.audio:
-            from codec.audio import load_audio
+            from voxtok.audio import load_audio
 
             signals = [load_audio(p, codec.sample_rate) for p in args.audio]
         else:

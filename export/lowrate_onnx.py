@@ -1,4 +1,4 @@
-"""ONNX export of the 12.5 Hz tokenizers (codec.stacked, codec.lowrate): the streaming encoder and one flow step,
+"""ONNX export of the 12.5 Hz tokenizers (voxtok.stacked, voxtok.lowrate): the streaming encoder and one flow step,
 with the pieces around them, so the torch-free runtime (export/lowrate_runtime.py) encodes and decodes chunk by
 chunk. The model says what its pieces are (flow_prior_path, flow_prior, renderer, render_input): for the stacked
 tokenizer the encoder graph includes codec v2's encoder and the synth graph is v2's decoder and synthesiser.
@@ -9,7 +9,7 @@ Graphs (float32, batch and length dynamic):
                        (mu: the regression decoder's prediction, which the flow's residual sample is added to)
   flow_step:           x [B, F, n], t [B], step size d [B], conditioning [B, C, n] + states -> velocity + states
   synth_step:          mu and the flow's residual sample [B, F, n] + states -> audio [B, 1, 320 n] + new states
-                       (codec.lowrate: the sample's F0 / voicing channels are dropped, pitch comes from mu)
+                       (voxtok.lowrate: the sample's F0 / voicing channels are dropped, pitch comes from mu)
 The Euler loop, the noise table (flow_noise.npy, read by frame position) and FSQ (tanh, round, the level
 centroids in the manifest) are a few lines of numpy in the runtime. Each Euler step has its own flow_step
 states: the velocity net is causal in time, so step k of a chunk continues step k of the previous chunk.
@@ -24,10 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-
-from codec.audio import atomic_write
-from codec.errors import VoxtokError
-from export.onnx_export import OPSET, _describe_states, _export, _quiet_exporter, _rewrite_convs, _sha256
+from voxtok.audio import atomic_write
+from voxtok.errors import VoxtokError
+from voxtok.export.onnx_export import OPSET, _describe_states, _export, _quiet_exporter, _rewrite_convs, _sha256
 
 FORMAT = "voxtok-lowrate-onnx"
 GRAPHS = {name: f"{name}.onnx" for name in ("latent_encoder_step", "flow_cond_step", "flow_step", "synth_step")}
@@ -161,8 +160,8 @@ def export_lowrate_onnx(model, out_dir: str | Path, weights_sha256: str | None =
 def verify_lowrate_export(model, out_dir: str | Path, audio: np.ndarray, steps: int = 4) -> dict:
     """PyTorch against the ONNX runtime on `audio`: the largest latent difference, and the SNR of the runtime's
     streamed flow decoding (odd chunk sizes) against PyTorch's offline decoding of the same latents."""
-    from export.lowrate_runtime import LowRateRuntime
-    from export.onnx_export import snr_db
+    from voxtok.export.lowrate_runtime import LowRateRuntime
+    from voxtok.export.onnx_export import snr_db
 
     runtime = LowRateRuntime(out_dir)
     with torch.inference_mode():

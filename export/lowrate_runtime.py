@@ -16,8 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-
-from codec.errors import VoxtokError
+from voxtok.errors import VoxtokError
 
 
 class LowRateRuntime:
@@ -64,7 +63,7 @@ class LowRateRuntime:
         return latents[0]
 
     def fsq_codes(self, latents: np.ndarray) -> np.ndarray:
-        """Normalised latents [D, T] -> FSQ codes [groups, T] (codec.lowrate.FSQuantizer's rule)."""
+        """Normalised latents [D, T] -> FSQ codes [groups, T] (voxtok.lowrate.FSQuantizer's rule)."""
         fsq = self.manifest["fsq"]
         levels, groups = fsq["levels"], fsq["groups"]
         half = (levels - 1) / 2

@@ -25,10 +25,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from codec.audio import atomic_write
-from codec.errors import VoxtokError
-from codec.model import VoxtokCodec
+from voxtok.audio import atomic_write
+from voxtok.errors import VoxtokError
+from voxtok.model import VoxtokCodec
 
 OPSET = 20  # first opset with a native Gelu, which onnxruntime runs as one kernel
 MANIFEST = "manifest.json"
@@ -251,7 +250,7 @@ def export_onnx(model: VoxtokCodec, out_dir: str | Path, weights_sha256: str | N
     The model is copied and cast to float32 first: `from_pretrained` leaves the encoder in float64 for exact
     PyTorch inference, but the graphs are float32 for onnxruntime's fast kernels.
     """
-    from codec.config import HarmonicCodecConfig
+    from voxtok.config import HarmonicCodecConfig
 
     if int8 and isinstance(model.config, HarmonicCodecConfig):
         # Measured on voxtok-16k-v2 (step 2000): INT8 weights changed 80% of the code frames, and the decoder's
@@ -367,8 +366,8 @@ def model_weights_sha256(model_dir: str | Path) -> str | None:
 
 def resolve_model_dir(name_or_path: str | None) -> Path:
     """The folder load_codec would read, so the manifest can record a hash of its weights."""
-    from codec.compress import PRETRAINED_ROOT
-    from codec.config import DEFAULT_MODEL
+    from voxtok.config import DEFAULT_MODEL
+    from voxtok.loading import PRETRAINED_ROOT
 
     target = name_or_path or DEFAULT_MODEL
     path = Path(target)
@@ -377,8 +376,8 @@ def resolve_model_dir(name_or_path: str | None) -> Path:
 
 def export_pretrained(name_or_path: str | None, out_dir: str | Path, int8: bool = False) -> dict:
     """Load a shipped model (or model folder) and export it."""
-    from codec.compress import load_codec
-    from codec.config import DEFAULT_MODEL
+    from voxtok.compress import load_codec
+    from voxtok.config import DEFAULT_MODEL
 
     model = load_codec(name_or_path or DEFAULT_MODEL)
     return export_onnx(model, out_dir, model_weights_sha256(resolve_model_dir(name_or_path)), int8=int8)
@@ -408,9 +407,9 @@ def verify_export(name_or_path: str | None, out_dir: str | Path, audio: np.ndarr
     """PyTorch vs ONNX on `audio` (default: probe_signal), per graph precision: share of frames whose codes
     all agree, SNR of the ONNX decoder against PyTorch's on the same codes, whether streaming ONNX codes equal
     offline ONNX codes, and the SNR of streamed against offline ONNX audio. fp32 also gets `ok` (the bars)."""
-    from codec.compress import decode_codes, encode_samples, load_codec
-    from codec.config import DEFAULT_MODEL
-    from export.runtime import ExportedCodec, OfflineCodec, StreamingDecoder, StreamingEncoder, load_manifest
+    from voxtok.compress import decode_codes, encode_samples, load_codec
+    from voxtok.config import DEFAULT_MODEL
+    from voxtok.export.runtime import ExportedCodec, OfflineCodec, StreamingDecoder, StreamingEncoder, load_manifest
 
     model = load_codec(name_or_path or DEFAULT_MODEL)
     audio = probe_signal(model.config.sample_rate) if audio is None else audio

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-
-from codec.errors import VoxtokError
+from voxtok.errors import VoxtokError
 
 MANIFEST = "manifest.json"
 PRECISIONS = ("fp32", "int8")

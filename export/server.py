@@ -35,14 +35,8 @@ from functools import partial
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
-from websockets.asyncio.server import ServerConnection, serve
-from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed, InvalidMessage
-from websockets.http11 import Request, Response
-from websockets.protocol import State
-
-from codec.errors import VoxtokError
-from export.protocol import (
+from voxtok.errors import VoxtokError
+from voxtok.export.protocol import (
     CLOSE_BUSY,
     CLOSE_INTERNAL,
     CLOSE_NORMAL,
@@ -60,7 +54,12 @@ from export.protocol import (
     parse_start,
     pcm_to_float,
 )
-from export.runtime import ExportedCodec
+from voxtok.export.runtime import ExportedCodec
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed, InvalidMessage
+from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 log = logging.getLogger("voxtok.serve")
 # A pending connection younger than this is never closed to make room: real clients send start within milliseconds.
@@ -241,7 +240,7 @@ class StepBatcher:
 
 class _EncodeStream:
     """PCM -> codes for one connection: whole frames go to the step graph, the rest waits for the next push
-    (as export.runtime.StreamingEncoder does, with the graph call shared through a StepBatcher)."""
+    (as voxtok.export.runtime.StreamingEncoder does, with the graph call shared through a StepBatcher)."""
 
     def __init__(self, codec: ExportedCodec, batcher: StepBatcher, num_codebooks: int):
         self.codec = codec
@@ -278,7 +277,7 @@ class _EncodeStream:
 
 
 class _DecodeStream:
-    """codes -> PCM for one connection, aligned with the encoder's input (export.runtime.StreamingDecoder's
+    """codes -> PCM for one connection, aligned with the encoder's input (voxtok.export.runtime.StreamingDecoder's
     rules: the first `decoder_skip` samples are dropped, flush returns the overlap-add tail)."""
 
     def __init__(self, codec: ExportedCodec, batcher: StepBatcher):

@@ -1,1 +1,1 @@
-"""voxtok speech LM: a transformer over the 12.5 Hz tokenizer's tokens (lm.model), discrete and continuous."""
+"""voxtok speech LM: a transformer over the 12.5 Hz tokenizer's tokens (voxtok.lm.model), discrete and continuous."""

@@ -1,13 +1,13 @@
-"""`python -m lm COMMAND ...` = `voxtok lm COMMAND ...` from a checkout that is not pip-installed (the entry point
-that registers lm's subcommands with `voxtok` needs the installed package's metadata; the GPU burst runs on a bare
-machine): `python -m lm train recipes/lm_discrete_small.toml --device cuda`."""
+"""`python -m voxtok.lm COMMAND ...` = `voxtok lm COMMAND ...` without the installed package's metadata (the entry
+point that registers lm's subcommands with `voxtok` needs it; the GPU burst runs a checkout on a bare machine, through
+recipes/checkout_path.sh): `python -m voxtok.lm train recipes/lm_discrete_small.toml --device cuda`."""
 
 import argparse
 import sys
 
-from codec.cli import main
-from lm.commands import register
+from voxtok.cli import main
+from voxtok.lm.commands import register
 
-parser = argparse.ArgumentParser(prog="python -m lm", description="the speech LM's commands (voxtok lm ...)")
+parser = argparse.ArgumentParser(prog="python -m voxtok.lm", description="the speech LM's commands (voxtok lm ...)")
 register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
 sys.exit(main(["lm", *sys.argv[1:]], parser))

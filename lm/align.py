@@ -3,7 +3,7 @@
     voxtok lm align data/lm_corpus [--recogniser DIR]
 
 voxtok's phone recogniser (codec/pretrained/voxtok-phone-ctc) force-aligns the sounding phonemes of each utterance
-with text (CTC Viterbi at 20 ms; lm.phonemes.sounding: boundaries and stress marks take no time) and the spans go
+with text (CTC Viterbi at 20 ms; voxtok.lm.phonemes.sounding: boundaries and stress marks take no time) and the spans go
 to OUT/alignments.jsonl, one line per aligned utterance: id, the positions of the sounding phonemes in its phoneme
 list, and (start, end) in seconds for each. The file is written through a temporary name; rerunning replaces it.
 
@@ -14,7 +14,7 @@ The LM reads an alignment as one *state* per speech frame (frame_states), a mono
     state 2M      after the last of the M sounding phonemes
 
 so a frame is told which phoneme it is speaking and where in the text it is, and generation moves the state on
-with the LM's own advance head (lm.model.SpeechLM.advance_head) instead of asking attention to find its place.
+with the LM's own advance head (voxtok.lm.model.SpeechLM.advance_head) instead of asking attention to find its place.
 """
 
 from __future__ import annotations
@@ -24,8 +24,7 @@ from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
-
-from codec.errors import VoxtokError
+from voxtok.errors import VoxtokError
 
 ALIGNMENTS = "alignments.jsonl"
 
@@ -42,15 +41,15 @@ def frame_states(spans: list[tuple[float, float]], frames: int, frame_rate: floa
 
 def align_corpus(folder: str | Path, recogniser: str | Path | None = None, progress: bool = True) -> dict:
     """Align every utterance with text in a finished LM corpus; returns counts for the summary line."""
-    from codec.audio import atomic_write, load_audio
-    from codec.phone_teacher import PhoneRecogniser
-    from lm.phonemes import sounding
+    from voxtok.audio import atomic_write, load_audio
+    from voxtok.lm.phonemes import sounding
+    from voxtok.phone_teacher import PhoneRecogniser
 
     folder = Path(folder)
     if not (folder / "corpus.json").is_file():
         raise VoxtokError(f"{folder}: not a finished LM corpus (no corpus.json; run `voxtok lm corpus`)")
     if recogniser is None:
-        from codec.commands.teacher import DEFAULT_FOLDER as recogniser
+        from voxtok.phone_teacher import DEFAULT_FOLDER as recogniser
     model = PhoneRecogniser.from_pretrained(recogniser)
     meta = json.loads((folder / "corpus.json").read_text(encoding="utf-8"))
     roots = {Path(s["root"]).name: Path(s["root"]) for s in meta["sources"]}

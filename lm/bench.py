@@ -26,33 +26,32 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import torch
-
-    from codec.errors import VoxtokError
-    from lm.generate import Sampling, generate_frames
-    from lm.model import SpeechLM, SpeechLMConfig
+    from voxtok.errors import VoxtokError
+    from voxtok.lm.generate import Sampling, generate_frames
+    from voxtok.lm.model import SpeechLM, SpeechLMConfig
 
     if args.frames < 1 or args.repeats < 1 or args.threads < 1:
         raise VoxtokError("--frames, --repeats and --threads must be at least 1")
     torch.set_num_threads(args.threads)
     if args.recipe:
-        from lm.train import load_lm_recipe
+        from voxtok.lm.train import load_lm_recipe
 
         table, _ = load_lm_recipe(args.recipe)
         cfg = SpeechLMConfig.from_dict({**table, "phone_symbols": [f"p{i}" for i in range(60)]})
         torch.manual_seed(0)
         lm = SpeechLM(cfg).eval()
     else:
-        from lm.tts import load_lm
+        from voxtok.lm.tts import load_lm
 
         lm = load_lm(args.model)
     cfg = lm.config
     codec = None
     if args.decode:
-        from lm.tts import tokenizer_for
+        from voxtok.lm.tts import tokenizer_for
 
         codec = tokenizer_for(lm) if not args.recipe else None
         if codec is None:
-            from codec.compress import load_codec
+            from voxtok.compress import load_codec
 
             codec = load_codec(cfg.tokenizer)
     discrete = cfg.kind == "discrete"

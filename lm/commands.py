@@ -83,14 +83,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--compare", nargs="+", default=None, metavar="REPORT.json",
                           help="print earlier reports side by side as Markdown and exit (no generation)")
     evaluate.set_defaults(func=run_eval)
-    from lm import bench
+    from voxtok.lm import bench
 
     bench.register(lm_sub)
 
 
 def check_sampling_args(args: argparse.Namespace) -> None:
     """--temperature, --top-k and --top-p as `voxtok tts` and `voxtok lm eval` take them."""
-    from codec.errors import VoxtokError
+    from voxtok.errors import VoxtokError
 
     if not 0 <= args.temperature <= 5 or args.top_k < 0 or not 0 < args.top_p <= 1:
         raise VoxtokError("--temperature must be in [0, 5], --top-k >= 0, --top-p in (0, 1]")
@@ -100,10 +100,10 @@ def run_tts(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from codec.audio import check_audio_output, load_audio, save_audio
-    from codec.errors import VoxtokError
-    from lm.generate import Sampling
-    from lm.tts import load_lm, synthesize, tokenizer_for
+    from voxtok.audio import check_audio_output, load_audio, save_audio
+    from voxtok.errors import VoxtokError
+    from voxtok.lm.generate import Sampling
+    from voxtok.lm.tts import load_lm, synthesize, tokenizer_for
 
     output = Path(args.output)
     check_audio_output(output)
@@ -116,7 +116,7 @@ def run_tts(args: argparse.Namespace) -> int:
     codec = tokenizer_for(lm, args.tokenizer)
     voice = None
     if args.voice:
-        from lm.tts import check_voice_prompt
+        from voxtok.lm.tts import check_voice_prompt
 
         voice = load_audio(args.voice, codec.config.sample_rate)
         check_voice_prompt(voice, args.voice, codec.config.sample_rate)
@@ -135,7 +135,7 @@ def run_tts(args: argparse.Namespace) -> int:
 
 
 def run_corpus(args: argparse.Namespace) -> int:
-    from lm.corpus import Source, build_corpus
+    from voxtok.lm.corpus import Source, build_corpus
 
     sources = ([Source.parse(s, "train", args.text_only) for s in args.source]
                + [Source.parse(s, "heldout", args.text_only) for s in args.heldout])
@@ -150,8 +150,8 @@ def run_corpus(args: argparse.Namespace) -> int:
 def run_align(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from codec.errors import VoxtokError
-    from lm.align import align_corpus
+    from voxtok.errors import VoxtokError
+    from voxtok.lm.align import align_corpus
 
     if args.recogniser is not None and not Path(args.recogniser).is_dir():
         raise VoxtokError(f"{args.recogniser}: no such recogniser folder")
@@ -164,8 +164,8 @@ def run_align(args: argparse.Namespace) -> int:
 def run_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from codec.errors import VoxtokError
-    from lm.train import LMTrainer, load_lm_recipe
+    from voxtok.errors import VoxtokError
+    from voxtok.lm.train import LMTrainer, load_lm_recipe
 
     if not Path(args.recipe).is_file():
         raise VoxtokError(f"{args.recipe}: no such recipe")
@@ -182,14 +182,13 @@ def run_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import torch
-
-    from codec.errors import VoxtokError
-    from lm.evaluate import evaluate_lm, write_report
-    from lm.generate import Sampling
-    from lm.tts import load_lm, tokenizer_for
+    from voxtok.errors import VoxtokError
+    from voxtok.lm.evaluate import evaluate_lm, write_report
+    from voxtok.lm.generate import Sampling
+    from voxtok.lm.tts import load_lm, tokenizer_for
 
     if args.compare:
-        from lm.evaluate import report_markdown
+        from voxtok.lm.evaluate import report_markdown
 
         reports = []
         for path in args.compare:

@@ -11,7 +11,7 @@ Layout of OUT:
     shard_00000.npz        codes [frames, K] int16 (the FSQ twin) and latents [frames, D] float16 (normalised)
     speakers.npy           [utterances, 256] float16: each utterance's Resemblyzer speaker embedding (the LM's
                            speaker conditioning, SpeechLMConfig.speaker_dim), in utterances.jsonl's order
-    alignments.jsonl       where each phoneme sits in time (`voxtok lm align`, lm.align), for aligned LMs
+    alignments.jsonl       where each phoneme sits in time (`voxtok lm align`, voxtok.lm.align), for aligned LMs
 
 Deterministic: sources in the order given, rows in manifest order, one encoder pass per file (codes are the FSQ
 of the same latents). Utterances without text stay in the corpus: they serve as voice prompts (and unconditional
@@ -27,9 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm import tqdm
-
-from codec.errors import VoxtokError
-from lm.align import read_alignments
+from voxtok.errors import VoxtokError
+from voxtok.lm.align import read_alignments
 
 SHARD_FRAMES = 200_000  # ~4.4 h at 12.5 Hz per shard
 
@@ -54,11 +53,11 @@ class Source:
 
 def build_corpus(out_dir: str | Path, sources: list[Source], tokenizer: str | None = None,
                  progress: bool = True) -> dict:
-    from codec.audio import atomic_write, load_audio
-    from codec.compress import check_encodable, load_codec
-    from codec.dataset import read_manifest
-    from codec.eval.models import SpeakerEncoder, require
-    from lm.phonemes import phonemize
+    from voxtok.audio import atomic_write, load_audio
+    from voxtok.compress import check_encodable, load_codec
+    from voxtok.dataset import read_manifest
+    from voxtok.eval.models import SpeakerEncoder, require
+    from voxtok.lm.phonemes import phonemize
 
     require("resemblyzer", "the LM corpus's speaker embeddings")
     speaker_encoder = SpeakerEncoder()
@@ -159,7 +158,7 @@ class Utterance:
     phones: list[str] | None
     codes: np.ndarray  # [K, T] int64
     latents: np.ndarray  # [D, T] float32
-    # (positions of the sounding phonemes, their spans in seconds) when the corpus is aligned (lm.align)
+    # (positions of the sounding phonemes, their spans in seconds) when the corpus is aligned (voxtok.lm.align)
     alignment: tuple[list[int], list[tuple[float, float]]] | None = None
     speaker_embedding: np.ndarray | None = None  # [256] float32 (corpora made before speakers.npy: None)
     audio: str | None = None  # the recording it was tokenised from

@@ -19,7 +19,7 @@ to first audio of the streamed generation (1 thread unless told).
 Bars (issue #28): WER <= 1.5 x the reference's WER + 5 points; similarity >= the speaker's own - 0.15; end of
 speech >= 95%; duration within +-30% >= 95%; >= 1x real time; first audio <= 300 ms.
 
-    from lm.evaluate import evaluate_lm
+    from voxtok.lm.evaluate import evaluate_lm
     report = evaluate_lm(lm, "data/lm_corpus", num=100, unseen="../shared/data/real:codec/splits/real_dev.txt")
     report["summary"], report["bars"], report["unseen"]["bars"]
 """
@@ -32,12 +32,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from codec.errors import VoxtokError
-from lm.corpus import Source, Utterance, load_corpus
-from lm.generate import Sampling
-from lm.phonemes import symbols_to_ids
-from lm.tts import prompt_tokens, speak, voice_embedding
+from voxtok.errors import VoxtokError
+from voxtok.lm.corpus import Source, Utterance, load_corpus
+from voxtok.lm.generate import Sampling
+from voxtok.lm.phonemes import symbols_to_ids
+from voxtok.lm.tts import prompt_tokens, speak, voice_embedding
 
 PROMPT_SECONDS = 3.0  # the prompt: the first 3 s of a recording (what the trainer draws at most)
 MIN_JUDGED_SAMPLES = 8000  # half a second: shorter outputs are counted as failures, not recognised
@@ -73,7 +72,7 @@ class _Judge:
 
     def score(self, audio: np.ndarray, text: str, prompt_embedding: np.ndarray | None, name: str) -> dict:
         """PER, WER and similarity to the prompt of one reading; a too-short one scores as all errors."""
-        from codec.eval.metrics import error_rate, normalise_words, phone_error_rate
+        from voxtok.eval.metrics import error_rate, normalise_words, phone_error_rate
 
         if len(audio) < MIN_JUDGED_SAMPLES:
             return {f"per_{name}": 1.0, f"wer_{name}": 1.0, f"sim_{name}": 0.0}
@@ -86,7 +85,7 @@ class _Judge:
 
     def reference(self, u: Utterance) -> tuple[np.ndarray | None, dict]:
         """The sentence's own recording and its PER / WER (None, {} when the corpus does not name its audio)."""
-        from codec.audio import load_audio
+        from voxtok.audio import load_audio
 
         if not u.audio or not Path(u.audio).is_file():
             return None, {}
@@ -101,8 +100,8 @@ def evaluate_lm(lm, corpus: str | Path, num: int = 100, tokenizer=None, sampling
                 progress: bool = True) -> dict:
     """Rows per generation, their summary and the bars, for the held-out sentences and (with `unseen`) for
     unseen voices (see the module docstring)."""
-    from codec.eval.models import Judges
-    from lm.tts import tokenizer_for
+    from voxtok.eval.models import Judges
+    from voxtok.lm.tts import tokenizer_for
 
     meta, utterances = load_corpus(corpus)
     if meta.get("tokenizer_config_hash") != lm.config.tokenizer_config_hash:
@@ -154,7 +153,7 @@ def evaluate_lm(lm, corpus: str | Path, num: int = 100, tokenizer=None, sampling
 def _prompt_audio(judge: _Judge, prompt_u: Utterance) -> np.ndarray:
     """The prompt as a user gives it: the first PROMPT_SECONDS of the recording (its decoded tokens when the
     corpus does not name its audio)."""
-    from codec.audio import load_audio
+    from voxtok.audio import load_audio
 
     samples = int(PROMPT_SECONDS * judge.rate)
     if prompt_u.audio and Path(prompt_u.audio).is_file():
@@ -198,7 +197,7 @@ def _unseen_voices(source: Source, count: int) -> list:
     """`count` speakers of the manifest folder, each with one single-speaker recording of at least
     UNSEEN_MIN_SECONDS (a prompt from its start, the speaker's own similarity from the rest), spread over the
     folder's order."""
-    from codec.dataset import read_manifest
+    from voxtok.dataset import read_manifest
 
     seen, entries = set(), []
     for entry in read_manifest(source.root, source.split_file):
@@ -215,7 +214,7 @@ def _unseen_voices(source: Source, count: int) -> list:
 
 def _speak_in_unseen_voices(lm, codec, judge: _Judge, pairs, voices: list, sentences: int, base: Sampling,
                             source: Source, progress: bool) -> dict:
-    from codec.audio import load_audio
+    from voxtok.audio import load_audio
 
     rows = []
     total = len(voices) * min(sentences, len(pairs))
@@ -330,7 +329,7 @@ def _cell(value) -> str:
 
 
 def write_report(report: dict, path: str | Path) -> None:
-    from codec.audio import atomic_write
+    from voxtok.audio import atomic_write
 
     text = json.dumps(report, indent=1) + "\n"
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

@@ -17,9 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-
-from lm.model import SPEECH, SpeechLM
-from lm.sequence import _blank, _speech, aligned_inputs, prefix, sounding_ids
+from voxtok.lm.model import SPEECH, SpeechLM
+from voxtok.lm.sequence import _blank, _speech, aligned_inputs, prefix, sounding_ids
 
 
 @dataclass
@@ -56,7 +55,7 @@ def _draw(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) 
 
 
 class AlignmentWalk:
-    """An aligned LM's place in its text during generation (lm.align's states: 2k before sounding phoneme k,
+    """An aligned LM's place in its text during generation (voxtok.lm.align's states: 2k before sounding phoneme k,
     2k + 1 inside it, 2M after the last); <sep> starts it at 0."""
 
     def __init__(self, model: SpeechLM, phone_ids: list[int], sampling: Sampling, generator: torch.Generator):

@@ -1,8 +1,8 @@
 """The speech LM, in one file after nanoGPT: a config dataclass and a causal transformer over speech tokens, with a
-discrete head (the tokenizer's FSQ codes in the MusicGen delay pattern, lm.delay) or a continuous one (the
+discrete head (the tokenizer's FSQ codes in the MusicGen delay pattern, voxtok.lm.delay) or a continuous one (the
 tokenizer's normalised latents, predicted by a small flow-matching MLP as VibeVoice / MAR / Pocket TTS do).
 
-One sequence (lm.sequence builds it):
+One sequence (voxtok.lm.sequence builds it):
 
     [voice prompt: speech frames] <prompt-end> [phonemes] <sep> [target speech frames ...] (end of speech)
 
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 KINDS = ("discrete", "continuous")
-# Token kinds in a sequence (lm.sequence): what each position's embedding is made of.
+# Token kinds in a sequence (voxtok.lm.sequence): what each position's embedding is made of.
 SPEECH, TEXT, MARKER = 0, 1, 2
 PROMPT_END, SEPARATOR = 0, 1
 # Segments: the voice prompt, the text, the target speech.
@@ -62,9 +62,9 @@ class SpeechLMConfig:
     flow_layers: int = 3
     flow_steps: int = 8
     input_noise: float = 0.1
-    # Phoneme-synchronous input (lm.align, lm.sequence): each target frame is told which phonemes it is speaking,
-    # from an alignment in training and from the advance head's own walk over the text in generation. Without it
-    # the text is only in the prefix, and a small LM on hours of speech learns to all but ignore it.
+    # Phoneme-synchronous input (voxtok.lm.align, voxtok.lm.sequence): each target frame is told which phonemes it
+    # is speaking, from an alignment in training and from the advance head's own walk over the text in generation.
+    # Without it the text is only in the prefix, and a small LM on hours of speech learns to all but ignore it.
     aligned: bool = False
     advance_classes: int = 8  # how far the alignment state may move in one frame: 0 .. advance_classes - 1
     # Speaker conditioning: a fixed speaker embedding of the voice prompt (Resemblyzer's, 256 dims; 0 = none),
@@ -276,7 +276,7 @@ class SpeechLM(nn.Module):
         if cfg.aligned:  # one table per window offset; the extra row is "no phoneme there"
             self.window_embeddings = nn.ModuleList(nn.Embedding(len(cfg.phone_symbols) + 1, cfg.dim)
                                                    for _ in ALIGN_WINDOW)
-            self.place_embedding = nn.Embedding(4, cfg.dim)  # lm.sequence: not aligned, pause, inside, ended
+            self.place_embedding = nn.Embedding(4, cfg.dim)  # voxtok.lm.sequence: not aligned, pause, inside, ended
             self.advance_head = nn.Linear(cfg.dim, cfg.advance_classes)
         if cfg.speaker_dim:
             self.speaker_in = nn.Linear(cfg.speaker_dim, cfg.dim)
@@ -292,7 +292,7 @@ class SpeechLM(nn.Module):
 
     # ---- embedding ---------------------------------------------------------------------------------------
     def embed(self, batch: dict) -> torch.Tensor:
-        """A built sequence (lm.sequence.Sequence.as_batch) -> input embeddings [B, L, dim]. batch["speaker"]
+        """A built sequence (voxtok.lm.sequence.Sequence.as_batch) -> input embeddings [B, L, dim]. batch["speaker"]
         [B, speaker_dim] (LMs with speaker_dim; zeros: no voice) is added at every position."""
         kinds = batch["kinds"]
         x = self.segment_embedding(batch["segments"])
@@ -386,8 +386,7 @@ class SpeechLM(nn.Module):
     def from_pretrained(cls, directory: str | Path, device: str = "cpu") -> SpeechLM:
         """A model folder (config.json + model.safetensors); every failure one VoxtokError."""
         from safetensors.torch import load_file
-
-        from codec.errors import VoxtokError
+        from voxtok.errors import VoxtokError
 
         directory = Path(directory)
         weights, config_path = directory / "model.safetensors", directory / "config.json"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 
-from codec.errors import VoxtokError
+from voxtok.errors import VoxtokError
 
 WORD, CLAUSE = " ", "|"
 STRESS = ("ˈ", "ˌ")

@@ -1,4 +1,4 @@
-"""Building the LM's sequences (the layout lm.model describes) from a prompt, phonemes and target tokens.
+"""Building the LM's sequences (the layout voxtok.lm.model describes) from a prompt, phonemes and target tokens.
 
     discrete:   prompt codes, delayed | <prompt-end> | phonemes | <sep> | target codes + an EOS frame, delayed
     continuous: prompt latents        | <prompt-end> | phonemes | <sep> | target latents
@@ -8,18 +8,17 @@ padding is never a target. Continuous: the state at <sep> and at each target lat
 whether speech ends there (1 only after the last frame).
 
 Aligned LMs (SpeechLMConfig.aligned) also get, at the position that predicts step s >= 1, the alignment state of
-frame s (lm.align: which sounding phoneme, pause or end; steps past the last frame are "ended") as a window of
+frame s (voxtok.lm.align: which sounding phoneme, pause or end; steps past the last frame are "ended") as a window of
 phonemes around it, and learn at the position predicting step s how far the state moves to frame s + 1 (the
-advance head; <sep> counts from state 0). Generation draws the advance and feeds the state on (lm.generate).
+advance head; <sep> counts from state 0). Generation draws the advance and feeds the state on (voxtok.lm.generate).
 """
 
 from __future__ import annotations
 
 import torch
-
-from lm.delay import apply_delay
-from lm.model import ALIGN_WINDOW, MARKER, PROMPT_END, SEPARATOR, SPEECH, TEXT, SpeechLMConfig
-from lm.phonemes import sounding
+from voxtok.lm.delay import apply_delay
+from voxtok.lm.model import ALIGN_WINDOW, MARKER, PROMPT_END, SEPARATOR, SPEECH, TEXT, SpeechLMConfig
+from voxtok.lm.phonemes import sounding
 
 # What an aligned position is told besides its phonemes (SpeechLM.place_embedding): 0 = not an aligned position.
 NOT_ALIGNED, PAUSE, INSIDE, ENDED = 0, 1, 2, 3
@@ -47,7 +46,7 @@ def sounding_ids(cfg: SpeechLMConfig, phone_ids: list[int]) -> list[int]:
 
 def aligned_inputs(cfg: SpeechLMConfig, sound_ids: list[int], states: torch.Tensor) -> tuple[torch.Tensor,
                                                                                               torch.Tensor]:
-    """For alignment states [n] (lm.align: 2k before sounding phoneme k, 2k + 1 inside it, 2M after the last):
+    """For alignment states [n] (voxtok.lm.align: 2k before sounding phoneme k, 2k + 1 inside it, 2M after the last):
     the phoneme ids around each state's phoneme k at ALIGN_WINDOW's offsets [W, n] (len(phone_symbols) where the
     window runs off the text) and what the position is told besides: PAUSE, INSIDE or ENDED [n]."""
     count, pad = len(sound_ids), len(cfg.phone_symbols)
@@ -79,7 +78,7 @@ def _add_alignment(cfg: SpeechLMConfig, item: dict, start: int, sound_ids: list[
 def training_item(cfg: SpeechLMConfig, prompt: torch.Tensor, phone_ids: list[int], target: torch.Tensor,
                   states: torch.Tensor | None = None) -> dict:
     """A whole teacher-forced sequence with its targets; target: codes [K, T] or latents [D, T], T >= 1.
-    states: the target frames' alignment states [T] (lm.align.frame_states), required by aligned LMs."""
+    states: the target frames' alignment states [T] (voxtok.lm.align.frame_states), required by aligned LMs."""
     if cfg.aligned and (states is None or states.shape[0] != target.shape[1]):
         raise ValueError("an aligned LM needs one alignment state per target frame")
     head = prefix(cfg, prompt, phone_ids)

@@ -1,4 +1,4 @@
-"""Training the speech LM from a recipe on a corpus (lm.corpus): resumable, time-boxed, logged.
+"""Training the speech LM from a recipe on a corpus (voxtok.lm.corpus): resumable, time-boxed, logged.
 
     voxtok lm train recipes/lm_discrete.toml [--steps N] [--max-minutes M] [--device cuda]
 
@@ -8,7 +8,7 @@ of examples, so the model also speaks without a prompt). Held-out utterances (se
 the teacher-forced held-out loss, beside a bigram baseline per codebook for the discrete LM.
 Checkpoints are model folders (config.json + model.safetensors) plus the optimizer and trainer state.
 
-Data-parallel: `torchrun --standalone --nproc_per_node N -m codec lm train RECIPE` (gloo on CPU, NCCL on GPUs); every
+Data-parallel: `torchrun --standalone --nproc_per_node N -m voxtok lm train RECIPE` (gloo on CPU, NCCL on GPUs); every
 rank starts from the same weights, draws its own examples, and averages gradients after each backward; rank 0 alone
 logs, evaluates and writes checkpoints.
 """
@@ -27,14 +27,13 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
-
-from codec.errors import VoxtokError
-from codec.recipe import read_recipe_tables
-from codec.train import agree, average_gradients, barrier
-from lm.corpus import Utterance, load_corpus
-from lm.model import SpeechLM, SpeechLMConfig
-from lm.phonemes import symbols_to_ids
-from lm.sequence import collate, training_item
+from voxtok.errors import VoxtokError
+from voxtok.lm.corpus import Utterance, load_corpus
+from voxtok.lm.model import SpeechLM, SpeechLMConfig
+from voxtok.lm.phonemes import symbols_to_ids
+from voxtok.lm.sequence import collate, training_item
+from voxtok.recipe import read_recipe_tables
+from voxtok.train import agree, average_gradients, barrier
 
 
 @dataclass
@@ -52,8 +51,8 @@ class LMTrainConfig:
     # Residual dropout while training: a few hours of speech against a few million parameters memorises the
     # training sentences (held-out CE of the first codebook rose after step 500 in the first run without it).
     dropout: float = 0.0
-    # Guided attention (lm.model.guided_attention_loss) on half the heads of the middle layer: its weight (0 = off)
-    # and the width of the diagonal it asks for.
+    # Guided attention (voxtok.lm.model.guided_attention_loss) on half the heads of the middle layer: its weight
+    # (0 = off) and the width of the diagonal it asks for.
     guided_attention: float = 0.0
     guided_sigma: float = 0.2
     max_target_frames: int = 200  # 16 s; longer utterances are left out
@@ -84,14 +83,14 @@ def load_lm_recipe(path: str | Path) -> tuple[dict, LMTrainConfig]:
 
 
 def learning_rate(step: int, cfg: LMTrainConfig) -> float:
-    from codec.train import learning_rate as warmup_cosine  # the one schedule rule, shared with the codecs
+    from voxtok.train import learning_rate as warmup_cosine  # the one schedule rule, shared with the codecs
 
     return warmup_cosine(step, cfg.lr, cfg)
 
 
 class LMTrainer:
     def __init__(self, model_table: dict, cfg: LMTrainConfig, device: str = "cpu", progress: bool = True):
-        from codec.train import _init_distributed
+        from voxtok.train import _init_distributed
 
         self.rank, self.world_size = _init_distributed(device)
         if self.world_size > 1 and device.startswith("cuda"):
@@ -128,7 +127,7 @@ class LMTrainer:
         self.rng = np.random.default_rng(cfg.seed + 1_000_003 * self.rank)
         fits = [u for u in utterances if u.codes.shape[1] <= cfg.max_target_frames]
         if model_cfg.aligned:
-            from lm.phonemes import sounding
+            from voxtok.lm.phonemes import sounding
 
             fits = [u for u in fits if u.alignment is not None and u.alignment[0] == sounding(u.phones or [])]
             if not fits:
@@ -176,7 +175,7 @@ class LMTrainer:
         that many sounding phonemes (same timing, other words: the held-out text gain's counterfactual)."""
         if not self.model.config.aligned:
             return None
-        from lm.align import frame_states
+        from voxtok.lm.align import frame_states
 
         states = frame_states(u.alignment[1], u.codes.shape[1], self.model.config.frame_rate)
         if phones is not None:
@@ -199,7 +198,7 @@ class LMTrainer:
 
     # ---- checkpoints ----------------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
-        from codec.train import optimizer_tensors
+        from voxtok.train import optimizer_tensors
 
         tmp = self.out / "checkpoint.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -212,7 +211,7 @@ class LMTrainer:
         os.replace(tmp, self.ckpt)
 
     def load_checkpoint(self) -> bool:
-        from codec.train import restore_optimizer
+        from voxtok.train import restore_optimizer
 
         if not (self.ckpt / "trainer_state.json").is_file():
             return False
@@ -265,10 +264,10 @@ class LMTrainer:
     def write_sample(self) -> Path | None:
         """Speak the first held-out sentence (a prompt from another utterance of its voice) through the streaming
         tts path; the wav path, or None when there is nothing to speak or no tokenizer to decode with."""
-        from codec.audio import save_audio
-        from lm.evaluate import PROMPT_SECONDS, heldout_with_prompts
-        from lm.generate import Sampling
-        from lm.tts import speak, tokenizer_for
+        from voxtok.audio import save_audio
+        from voxtok.lm.evaluate import PROMPT_SECONDS, heldout_with_prompts
+        from voxtok.lm.generate import Sampling
+        from voxtok.lm.tts import speak, tokenizer_for
 
         pairs = heldout_with_prompts(self.train_set + self.heldout, 1)
         if not pairs or self.sample_codec is False:

@@ -1,6 +1,6 @@
 """Text + a voice prompt -> speech, streamed: the LM's frames are decoded by the tokenizer as they come.
 
-    from lm.tts import load_lm, synthesize
+    from voxtok.lm.tts import load_lm, synthesize
     lm = load_lm("voxtok-lm-continuous")        # a shipped name (the default) or a model folder
     audio, stats = synthesize(lm, "Hello there.", voice=prompt_samples, sampling=Sampling(seed=1))
     stats["first_audio_ms"]                                  # wall time until the first audio samples
@@ -18,11 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from codec.errors import VoxtokError
-from lm.generate import Sampling, generate_frames
-from lm.model import SpeechLM
-from lm.phonemes import phonemize, symbols_to_ids
+from voxtok.errors import VoxtokError
+from voxtok.lm.generate import Sampling, generate_frames
+from voxtok.lm.model import SpeechLM
+from voxtok.lm.phonemes import phonemize, symbols_to_ids
 
 PRETRAINED_ROOT = Path(__file__).resolve().parent / "pretrained"
 # The continuous LM on the 12.5 Hz tokens stacked on codec v2 (issue #28); the LMs of the retired 12.5 Hz
@@ -36,7 +35,7 @@ PROMPT_SECONDS_RANGE = (1.0, 120.0)
 
 def check_voice_prompt(voice: np.ndarray, source: str = "voice prompt", sample_rate: int = 16000) -> None:
     """One clear error for a prompt the LM cannot take a voice from: empty, NaN, silent, too short or too long."""
-    from codec.compress import check_encodable
+    from voxtok.compress import check_encodable
 
     check_encodable(voice, source)
     seconds = len(voice) / sample_rate
@@ -62,7 +61,7 @@ def load_lm(name_or_path: str | Path | None = None, device: str = "cpu") -> Spee
 
 
 def tokenizer_for(lm: SpeechLM, tokenizer: str | Path | None = None):
-    from codec.compress import load_codec
+    from voxtok.compress import load_codec
 
     cfg = lm.config
     if tokenizer is None:  # the folder the LM's corpus was tokenised with, where it is at hand; else the name
@@ -104,7 +103,7 @@ def voice_embedding(lm: SpeechLM, voice: np.ndarray | None) -> torch.Tensor | No
     its corpus was embedded); None for an LM without it or without a voice."""
     if not lm.config.speaker_dim or voice is None:
         return None
-    from codec.eval.models import require
+    from voxtok.eval.models import require
 
     require("resemblyzer", f"{lm.config.name}'s speaker conditioning")
     embedding = _speaker_encoder().embed(voice[: int(MAX_PROMPT_SECONDS * 16000)])
@@ -117,7 +116,7 @@ def voice_embedding(lm: SpeechLM, voice: np.ndarray | None) -> torch.Tensor | No
 @functools.cache
 def _speaker_encoder():
     """One Resemblyzer encoder per process (it loads its weights once)."""
-    from codec.eval.models import SpeakerEncoder
+    from voxtok.eval.models import SpeakerEncoder
 
     return SpeakerEncoder()
 

@@ -3,12 +3,12 @@
 # side (one thread each): "phone" (recipes/lowrate_12hz_phone.toml) and "control" (the same recipe with its
 # [terms.phone] table removed, so the arms differ by the term alone). Then decode the dev split through both
 # arms' regression decoders, continuous and FSQ tokens, and score them with hama PER / dPER, PESQ-WB, STOI,
-# log-mel and pitch (`voxtok eval`, one run per arm, side by side), and probe the tokens (codec.eval.probes).
+# log-mel and pitch (`voxtok eval`, one run per arm, side by side), and probe the tokens (voxtok.eval.probes).
 #   bash recipes/lowrate_phone_ab.sh [START_CHECKPOINT] [STEPS]   (default: recipes/checkpoints/lowrate_12hz, 800)
 # Other arms: ARMS="name=recipe.toml name=recipe.toml" (e.g. the synthetic-data arm against the real-only one:
 #   ARMS="real=recipes/lowrate_12hz_phone.toml synth=recipes/lowrate_12hz_phone_synth.toml" OUT=runs/synth_ab \
 #   bash recipes/lowrate_phone_ab.sh recipes/checkpoints/lowrate_12hz_phone 800).
-# Needs the WORLD targets and the alignments of the train split (python -m codec.data.pitch / codec.data.align
+# Needs the WORLD targets and the alignments of the train split (python -m voxtok.data.pitch / voxtok.data.align
 # ../shared/data/real --split train).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,10 +51,10 @@ for arm in "${NAMES[@]}"; do
       --json "$OUT/$arm/eval.json" --markdown "$OUT/$arm/eval.md" > "$OUT/$arm/eval.log" 2>&1 &
 done
 wait
-# What the tokens hold, per 20 ms (codec.eval.probes: PNMI, a linear phone probe on held-out speakers and voices).
+# What the tokens hold, per 20 ms (voxtok.eval.probes: PNMI, a linear phone probe on held-out speakers and voices).
 for arm in "${NAMES[@]}"; do
   for kind in cont fsq; do
-    "$PYTHON" -m codec.eval.probes ../shared/data/real --model "$OUT/$arm/checkpoint" --heldout data/synth_heldout \
+    "$PYTHON" -m voxtok.eval.probes ../shared/data/real --model "$OUT/$arm/checkpoint" --heldout data/synth_heldout \
       $([ $kind = fsq ] && echo --quantized) > "$OUT/$arm/probes_$kind.json" 2> "$OUT/$arm/probes_$kind.log" &
   done
   wait

@@ -17,8 +17,7 @@ import sys
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
-
-from codec.model import half_weights
+from voxtok.model import half_weights
 
 
 def _log_entries(path: Path) -> list[dict]:

@@ -1,4 +1,4 @@
-"""Forced alignment (codec.data.align): words in the order of the text, phones where the speech is, silence
+"""Forced alignment (voxtok.data.align): words in the order of the text, phones where the speech is, silence
 where it is not, one clear error for text it cannot align, and a cache that follows the text."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import pytest
 
 pytest.importorskip("pocketsphinx")
 
-from codec.data.align import PHONES, align, cache_file, cached_alignment  # noqa: E402
-from codec.errors import VoxtokError  # noqa: E402
+from voxtok.data.align import PHONES, align, cache_file, cached_alignment  # noqa: E402
+from voxtok.errors import VoxtokError  # noqa: E402
 
 TEXT = ("HE HOPED THERE WOULD BE STEW FOR DINNER TURNIPS AND CARROTS AND BRUISED POTATOES AND FAT MUTTON PIECES "
         "TO BE LADLED OUT IN THICK PEPPERED FLOUR FATTENED SAUCE")
@@ -59,7 +59,7 @@ def test_cache_is_reused_for_the_same_text_only(dev_speech, tmp_path):
 def test_a_failed_alignment_is_cached_for_its_text(dev_speech, tmp_path, monkeypatch):
     """A file that does not align is decoded once: the next call for the same text raises the cached error
     without running pocketsphinx; other text is tried afresh."""
-    import codec.data.align as align_module
+    import voxtok.data.align as align_module
 
     samples, path = dev_speech
     short = samples[: 16000 * 3]

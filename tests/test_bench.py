@@ -10,8 +10,7 @@ import json
 import math
 
 import pytest
-
-from codec.cli import main
+from voxtok.cli import main
 
 SPEECH = "librispeech/1089-134686-0000.flac"
 # 1 s offline, 0.5 s streamed in 40 ms chunks, one repeat, one thread: a few seconds per worker.
@@ -69,7 +68,7 @@ def test_report_is_well_formed(tmp_path, capsys, real_root, codec_model):
 
 
 def test_peers_not_installed_degrade_cleanly(tmp_path, capsys, real_root, monkeypatch):
-    import codec.bench.peers as peers
+    import voxtok.bench.peers as peers
 
     monkeypatch.setattr(peers, "_installed", lambda module: False)
     out_json = tmp_path / "speed.json"
@@ -105,7 +104,7 @@ def test_peer_runs_beside_voxtok_with_random_weights(tmp_path, capsys, real_root
     (["--threads", "0"], "--threads"),
     (["--chunk-ms", "20,fast"], "--chunk-ms"),
     (["--repeats", "0"], "--repeats"),
-    (["--peers", "wavtokenizer"], "unknown peer"),
+    pytest.param(["--peers", "wavtokenizer"], "unknown peer", marks=pytest.mark.needs_data),  # after the default speech
     (["--input", "/nonexistent/speech.flac"], "no such file"),
 ])
 def test_bad_options_fail_with_one_line(capsys, argv, message):
@@ -130,7 +129,7 @@ def test_failing_worker_reports_its_error_in_one_line(capsys, real_root):
 @pytest.mark.slow
 def test_onnx_export_is_timed_like_the_torch_model(tmp_path, capsys, real_root):
     pytest.importorskip("onnxruntime")
-    export = pytest.importorskip("export.onnx_export")
+    export = pytest.importorskip("voxtok.export.onnx_export")
     export.export_pretrained(None, tmp_path / "onnx")
     out_json = tmp_path / "speed.json"
     code, out, _ = run_bench(capsys, *SHORT, "--chunk-ms", "40", "--input", str(real_root / SPEECH),

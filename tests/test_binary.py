@@ -11,8 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from codec.binary import (
+from voxtok.binary import (
     PREFIX_SIZE,
     VTOK_MAGIC,
     VTOK_VERSION,
@@ -28,8 +27,8 @@ from codec.binary import (
     unpack_codes,
     write_vtok,
 )
-from codec.cli import main
-from codec.errors import VoxtokError
+from voxtok.cli import main
+from voxtok.errors import VoxtokError
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "vtok_format.md"
 

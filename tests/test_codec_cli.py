@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
-from codec.binary import TokenHeader, encode_vtok, read_vtok
-from codec.cli import main
+from voxtok.binary import TokenHeader, encode_vtok, read_vtok
+from voxtok.cli import main
 
 SPEECH = "librispeech/1089-134686-0000.flac"  # 10.4 s of clean read speech
 

@@ -18,9 +18,9 @@ import soundfile as sf
 
 pytest.importorskip("gradio")
 
-from demo import codec_tab, streaming_tab  # noqa: E402
-from demo.app import EXAMPLES_DIR, DemoConfig, examples, launch  # noqa: E402
-from demo.codec_tab import DemoInputError  # noqa: E402
+from voxtok.demo import codec_tab, streaming_tab  # noqa: E402
+from voxtok.demo.app import EXAMPLES_DIR, DemoConfig, examples, launch  # noqa: E402
+from voxtok.demo.codec_tab import DemoInputError  # noqa: E402
 
 SR = 16000
 CLIP = EXAMPLES_DIR / "librispeech-1089-134686-0000.flac"
@@ -89,7 +89,7 @@ def test_unknown_model_and_bitrate_are_refused():
 
 
 def test_streamed_file_equals_the_offline_runtime_decode():
-    from export.runtime import OfflineCodec
+    from voxtok.export.runtime import OfflineCodec
 
     pieces = list(streaming_tab.stream_file(CLIP, paced=False))
     assert len(pieces) >= 3  # handed back piece by piece, not at the end
@@ -153,9 +153,8 @@ def _tiny_voice_model(folder: Path) -> dict[str, str]:
     import torch
     from test_lm import SYMBOLS, tiny
     from test_lowrate import tiny_lowrate_config
-
-    from codec.lowrate import LowRateCodec
-    from lm.model import SpeechLM
+    from voxtok.lm.model import SpeechLM
+    from voxtok.lowrate import LowRateCodec
 
     torch.manual_seed(0)
     tokenizer = LowRateCodec(tiny_lowrate_config())
@@ -270,8 +269,8 @@ def test_voices_tab_speaks_with_a_trained_lm_and_explains_bad_requests(tmp_path,
     """The voices tab's handler with a tiny random-weight LM over a tiny tokenizer (named through the demo's
     environment variables): speech comes back with its figures; empty text, an unknown model and an unknown
     phoneme get a message for the page."""
-    from demo import voices_tab
-    from demo.codec_tab import DemoInputError
+    from voxtok.demo import voices_tab
+    from voxtok.demo.codec_tab import DemoInputError
 
     for key, value in _tiny_voice_model(tmp_path).items():
         monkeypatch.setenv(key, value)

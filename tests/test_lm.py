@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 import torch
 from test_harmonic_codec import voiced_signal
-
-from codec.errors import VoxtokError
-from lm.delay import apply_delay, undo_delay
-from lm.generate import Sampling, filtered_logits, generate_frames
-from lm.model import SpeechLM, SpeechLMConfig
-from lm.phonemes import CLAUSE, WORD, phonemize, symbols_to_ids
-from lm.sequence import collate, prefix, training_item
+from voxtok.errors import VoxtokError
+from voxtok.lm.delay import apply_delay, undo_delay
+from voxtok.lm.generate import Sampling, filtered_logits, generate_frames
+from voxtok.lm.model import SpeechLM, SpeechLMConfig
+from voxtok.lm.phonemes import CLAUSE, WORD, phonemize, symbols_to_ids
+from voxtok.lm.sequence import collate, prefix, training_item
 
 SYMBOLS = ["a", "b", "c", "d", WORD]
 
@@ -170,9 +169,8 @@ def tiny_corpus(tmp_path_factory):
     """A tiny tokenizer folder, espeak-ng speech with text (3 train utterances, 1 held out) and `voxtok lm corpus`
     over it, as a user runs it."""
     from test_lowrate import tiny_lowrate_config
-
-    from codec.cli import main
-    from codec.lowrate import LowRateCodec
+    from voxtok.cli import main
+    from voxtok.lowrate import LowRateCodec
 
     root = tmp_path_factory.mktemp("lm_corpus")
     torch.manual_seed(0)
@@ -211,9 +209,8 @@ def test_corpus_training_and_tts_end_to_end(tmp_path, capsys, tiny_corpus):
     """Speech with text -> `voxtok lm corpus` (tiny tokenizer) -> `voxtok lm train` -> `voxtok tts`: every stage
     runs as a user runs it and writes what it promises; bad text or a missing model is one error line."""
     import soundfile as sf
-
-    from codec.cli import main
-    from lm.corpus import load_corpus
+    from voxtok.cli import main
+    from voxtok.lm.corpus import load_corpus
 
     train = tiny_corpus / "train"
     meta, utterances = load_corpus(tiny_corpus / "corpus")
@@ -243,8 +240,8 @@ def test_corpus_training_and_tts_end_to_end(tmp_path, capsys, tiny_corpus):
     assert sr == 16000 and len(audio) == stats["frames"] * 1280 and stats["first_audio_ms"] is not None
     # The LM pins its tokenizer's weights, not only its config: without --tokenizer it decodes with the folder its
     # corpus was made with; a fine-tune of that tokenizer (same name and config, other weights) is refused.
-    from codec.compress import load_codec
-    from lm.model import SpeechLMConfig
+    from voxtok.compress import load_codec
+    from voxtok.lm.model import SpeechLMConfig
 
     lm_cfg = SpeechLMConfig.from_dict(json.loads((tmp_path / "run" / "checkpoint" / "config.json").read_text()))
     tok = load_codec(tiny_corpus / "tok")
@@ -329,7 +326,7 @@ def test_corpus_training_and_tts_end_to_end(tmp_path, capsys, tiny_corpus):
 
 
 def test_lm_bench_reports_speed_for_a_recipe(tmp_path, capsys):
-    from codec.cli import main
+    from voxtok.cli import main
 
     recipe = tmp_path / "lm.toml"
     recipe.write_text('[model]\nkind = "continuous"\ndim = 32\nlayers = 1\nheads = 2\nflow_dim = 32\n'
@@ -342,7 +339,7 @@ def test_lm_bench_reports_speed_for_a_recipe(tmp_path, capsys):
 
 _RANK_SCRIPT = """
 import hashlib, os, sys
-from lm.train import LMTrainer, load_lm_recipe
+from voxtok.lm.train import LMTrainer, load_lm_recipe
 table, cfg = load_lm_recipe(sys.argv[1])
 trainer = LMTrainer(table, cfg, progress=False)
 trainer.train(4)
@@ -380,8 +377,7 @@ def test_bigram_baseline_is_lower_on_predictable_codes():
     import math
 
     import numpy as np
-
-    from lm.train import bigram_cross_entropy
+    from voxtok.lm.train import bigram_cross_entropy
 
     rng = np.random.default_rng(0)
     random = [rng.integers(0, 16, (2, 200)) for _ in range(4)]
@@ -391,14 +387,15 @@ def test_bigram_baseline_is_lower_on_predictable_codes():
 
 
 def test_gpu_burst_command_resumes_an_lm_checkpoint(tmp_path, tiny_corpus):
-    """recipes/gpu_burst.sh with an LM recipe (on the CPU here): `python -m lm train` resumes the packed checkpoint
-    from a checkout that needs no installed entry point, and the packed result, its card kept, comes back in $OUT."""
+    """recipes/gpu_burst.sh with an LM recipe (on the CPU here): `python -m voxtok.lm train` resumes the packed
+    checkpoint from a checkout that needs no installed entry point, and the packed result, its card kept, comes back
+    in $OUT."""
     import os
     import subprocess
     import sys
     from pathlib import Path
 
-    from lm.train import LMTrainer, load_lm_recipe
+    from voxtok.lm.train import LMTrainer, load_lm_recipe
 
     recipe = _lm_recipe(tmp_path, tiny_corpus / "corpus", steps=100000, sample_every=0)
     table, cfg = load_lm_recipe(recipe)
@@ -420,7 +417,7 @@ def test_gpu_burst_command_resumes_an_lm_checkpoint(tmp_path, tiny_corpus):
 
 
 def test_guided_attention_rewards_the_diagonal_over_the_prompt():
-    from lm.model import SPEECH, TEXT, guided_attention_loss
+    from voxtok.lm.model import SPEECH, TEXT, guided_attention_loss
 
     # 2 prompt frames, 4 phonemes, 4 target frames: segments 0 | 1 | 2.
     kinds = torch.tensor([[SPEECH] * 2 + [TEXT] * 4 + [SPEECH] * 4])
@@ -447,7 +444,7 @@ def test_guided_attention_rewards_the_diagonal_over_the_prompt():
 
 
 def test_frame_states_walk_pauses_phonemes_and_the_end():
-    from lm.align import frame_states
+    from voxtok.lm.align import frame_states
 
     spans = [(0.1, 0.2), (0.2, 0.35), (0.5, 0.6)]  # frame centres at 12.5 Hz: 0.04, 0.12, 0.20, ...
     assert frame_states(spans, 9, 12.5).tolist() == [0, 1, 3, 3, 4, 4, 5, 6, 6]
@@ -458,7 +455,7 @@ def test_aligned_lm_walks_its_text_and_says_back_what_it_learnt(kind):
     """An aligned LM's positions carry the phonemes of their frame's alignment state, one step ahead of the
     frame they predict; overfit on one utterance, greedy generation must walk the same states (advance head) and
     say back its frames."""
-    from lm.sequence import INSIDE, PAUSE, aligned_inputs, sounding_ids
+    from voxtok.lm.sequence import INSIDE, PAUSE, aligned_inputs, sounding_ids
 
     torch.manual_seed(0)
     model = SpeechLM(tiny(kind, aligned=True))
@@ -494,11 +491,10 @@ def test_aligned_lm_from_align_to_tts(tmp_path, capsys, tiny_corpus):
     import shutil
 
     import soundfile as sf
-
-    from codec.cli import main
-    from lm.align import frame_states, read_alignments
-    from lm.corpus import load_corpus
-    from lm.phonemes import sounding
+    from voxtok.cli import main
+    from voxtok.lm.align import frame_states, read_alignments
+    from voxtok.lm.corpus import load_corpus
+    from voxtok.lm.phonemes import sounding
 
     corpus = tmp_path / "corpus"
     shutil.copytree(tiny_corpus / "corpus", corpus)
@@ -523,7 +519,7 @@ def test_aligned_lm_from_align_to_tts(tmp_path, capsys, tiny_corpus):
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert any("advance_ce" in r for r in log) and any("heldout/advance_ce" in r for r in log)
     # The held-out text gain's counterfactual: the same timing walked over another text's phonemes.
-    from lm.train import LMTrainer, load_lm_recipe
+    from voxtok.lm.train import LMTrainer, load_lm_recipe
 
     trainer = LMTrainer(*load_lm_recipe(recipe), progress=False)
     u = trainer.train_set[0]

@@ -1,4 +1,4 @@
-"""The 12.5 Hz tokenizer (codec.lowrate): FSQ twin, streaming = offline for both decoders, causality of the
+"""The 12.5 Hz tokenizer (voxtok.lowrate): FSQ twin, streaming = offline for both decoders, causality of the
 look-ahead, the .vlat container, training and the CLI. Tiny random-weight models; no shared data."""
 
 from __future__ import annotations
@@ -10,12 +10,11 @@ import pytest
 import soundfile as sf
 import torch
 from test_harmonic_codec import _tiny_recipe, voiced_signal
-
-from codec.cli import main
-from codec.config import LowRateConfig
-from codec.errors import VoxtokError
-from codec.latents import LatentHeader, decode_vlat, encode_vlat
-from codec.lowrate import FSQuantizer, LowRateCodec
+from voxtok.cli import main
+from voxtok.config import LowRateConfig
+from voxtok.errors import VoxtokError
+from voxtok.latents import LatentHeader, decode_vlat, encode_vlat
+from voxtok.lowrate import FSQuantizer, LowRateCodec
 
 SR = 16000
 HOP = 1280
@@ -158,9 +157,9 @@ def test_vlat_container_refuses_damage():
 def test_training_lowers_both_losses_and_resumes(tmp_path):
     """LowRateTrainer on three voiced clips: the regression and the flow losses fall, the statistics are set,
     and the checkpoint loads as a LowRateCodec that decodes."""
-    from codec.compress import load_codec
-    from codec.train import load_recipe, trainer_class_for
-    from codec.train_lowrate import LowRateTrainer
+    from voxtok.compress import load_codec
+    from voxtok.train_lowrate import LowRateTrainer
+    from voxtok.trainers import load_recipe, trainer_class_for
 
     recipe = _tiny_recipe(tmp_path, 40, config=tiny_lowrate_config(),
                           extra="eval_flow_steps = 2\nshortcut_weight = 1.0")
@@ -218,7 +217,7 @@ def test_cli_encodes_latents_and_decodes_them_and_tokens(tmp_path, capsys, tiny_
 def test_eval_system_options_reach_the_tokenizer(tmp_path, tiny_lowrate):
     """`voxtok eval` specs: +latents sends the continuous tokens (float16: 2 bytes per dimension and frame),
     +regression / +steps=N pick the decoder; an unknown option is refused."""
-    from codec.eval.systems import parse_system
+    from voxtok.eval.systems import parse_system
 
     tiny_lowrate.save_pretrained(tmp_path / "m")
     samples = voiced_signal(1.0, 150)
@@ -236,9 +235,9 @@ def test_onnx_export_streams_like_pytorch(tmp_path, tiny_lowrate):
     """The exported encoder gives PyTorch's latents and codes, and the runtime's streamed flow decoding (numpy
     Euler loop over the one-step graph) matches PyTorch's offline decoding."""
     pytest.importorskip("onnxruntime")
-    from codec.compress import load_codec
-    from export.lowrate_onnx import export_lowrate_onnx, verify_lowrate_export
-    from export.lowrate_runtime import LowRateRuntime
+    from voxtok.compress import load_codec
+    from voxtok.export.lowrate_onnx import export_lowrate_onnx, verify_lowrate_export
+    from voxtok.export.lowrate_runtime import LowRateRuntime
 
     tiny_lowrate.save_pretrained(tmp_path / "m")
     model = load_codec(tmp_path / "m")
@@ -256,10 +255,10 @@ def test_phone_term_on_the_latent_mean(tmp_path, real_root):
     """[terms.phone] in a 12.5 Hz recipe: a linear head on the normalised latent mean learns the phones of each
     80 ms token, one per 20 ms (positions = 4, forced-aligned on three real transcribed clips): its cross-entropy
     falls, and the batches carry 4 labels per token."""
-    from codec.audio import load_audio
-    from codec.eval.runner import read_manifest
-    from codec.train import load_recipe
-    from codec.train_lowrate import LowRateTrainer
+    from voxtok.audio import load_audio
+    from voxtok.eval.runner import read_manifest
+    from voxtok.train_lowrate import LowRateTrainer
+    from voxtok.trainers import load_recipe
 
     pytest.importorskip("pocketsphinx")
     rows = [e for e in read_manifest(real_root) if e.text and e.path.startswith("speechocean762/")][:3]
@@ -293,9 +292,8 @@ def test_decoder_only_training_keeps_the_tokens(tmp_path):
     weights and the latent statistics, which define the tokens an LM was trained on, stay bit-identical, also
     through the export."""
     from safetensors.torch import load_file
-
-    from codec.train import load_recipe
-    from codec.train_lowrate import LowRateTrainer
+    from voxtok.train_lowrate import LowRateTrainer
+    from voxtok.trainers import load_recipe
 
     recipe = _tiny_recipe(tmp_path, 10, config=tiny_lowrate_config())
     model_cfg, train_cfg = load_recipe(recipe)
@@ -320,9 +318,9 @@ def test_the_trainers_decoded_crop_is_what_the_model_decodes(dev_speech):
     """LowRateTrainer.decoded_audio (what [terms.recognised_phones] hears) lines up with the model's own decode of
     the same tokens: with the shipped tokenizer on real speech, their log-mels match best at zero shift (the
     waveforms differ: the synthesiser's phase starts elsewhere)."""
-    from codec.compress import load_codec
-    from codec.features import LogMel
-    from codec.train_lowrate import LowRateTrainer
+    from voxtok.compress import load_codec
+    from voxtok.features import LogMel
+    from voxtok.train_lowrate import LowRateTrainer
 
     model = load_codec("voxtok-16k-12hz-v1").float().eval()  # the LowRateCodec (retired 12.5 Hz tokenizer)
     model.set_decoding("regression")

@@ -9,9 +9,8 @@ import math
 
 import numpy as np
 import pytest
-
-from codec.audio import load_audio
-from codec.eval.metrics import (
+from voxtok.audio import load_audio
+from voxtok.eval.metrics import (
     GROUPS,
     MetricSuite,
     MetricUndefined,
@@ -217,9 +216,9 @@ def test_a_judge_crashing_on_one_file_loses_only_its_metric(speech, monkeypatch)
 def test_pitch_metrics_catch_lost_harmonics_and_octave_errors(speech):
     """Identity scores 0; the same envelope with the harmonics replaced by noise (what codec v1 decodes) fails
     the voicing error visibly; a copy resynthesised an octave up fails the gross pitch error."""
-    from codec.data.pitch import world_features
-    from codec.eval.metrics import f0_track, pitch_errors
-    from codec.modules.harmonic import HarmonicSynth, SynthAnalysis
+    from voxtok.data.pitch import world_features
+    from voxtok.eval.metrics import f0_track, pitch_errors
+    from voxtok.modules.harmonic import HarmonicSynth, SynthAnalysis
 
     samples, _ = speech
     samples = samples[: len(samples) - len(samples) % 80]

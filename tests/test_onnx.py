@@ -16,9 +16,9 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
 pytest.importorskip("onnxruntime")
 
-from codec.errors import VoxtokError  # noqa: E402
-from export.onnx_export import snr_db, verify_export  # noqa: E402
-from export.runtime import (  # noqa: E402
+from voxtok.errors import VoxtokError  # noqa: E402
+from voxtok.export.onnx_export import snr_db, verify_export  # noqa: E402
+from voxtok.export.runtime import (  # noqa: E402
     ExportedCodec,
     OfflineCodec,
     StreamingDecoder,
@@ -44,7 +44,7 @@ def _parse(module, argv: list[str]) -> argparse.Namespace:
 def onnx_dir(tmp_path_factory):
     """One export per session, through the CLI handler (fp32 + INT8 graphs, parity check skipped here
     because the tests below make it on real speech)."""
-    from export.commands import onnx as export_command
+    from voxtok.export.commands import onnx as export_command
 
     out = tmp_path_factory.mktemp("onnx")
     args = _parse(export_command, ["export", "onnx", "-o", str(out), "--model", MODEL, "--int8", "--no-verify",
@@ -55,7 +55,7 @@ def onnx_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def v1_model():
-    from codec.compress import load_codec
+    from voxtok.compress import load_codec
 
     return load_codec(MODEL)
 
@@ -73,7 +73,7 @@ def speech(dev_speech):
 @pytest.fixture(scope="session")
 def torch_reference(v1_model, speech):
     """PyTorch codes (the shipped float64 inference encoder) and PyTorch decoded audio of those codes."""
-    from codec.compress import decode_codes, encode_samples
+    from voxtok.compress import decode_codes, encode_samples
 
     codes = encode_samples(v1_model, speech)
     return codes, decode_codes(v1_model, codes)
@@ -200,11 +200,11 @@ def test_runtime_never_imports_torch(onnx_dir, speech, tmp_path):
 import sys
 sys.modules["torch"] = None  # any `import torch` now raises ImportError
 import numpy as np
-from export.runtime import OfflineCodec, StreamingDecoder, StreamingEncoder
+from voxtok.export.runtime import OfflineCodec, StreamingDecoder, StreamingEncoder
 codes = OfflineCodec({str(onnx_dir)!r}).encode(np.load({str(tmp_path / "x.npy")!r}))
 enc, dec = StreamingEncoder({str(onnx_dir)!r}), StreamingDecoder({str(onnx_dir)!r})
 audio = dec.push(enc.push(np.load({str(tmp_path / "x.npy")!r})))
-import export.commands.stream
+import voxtok.export.commands.stream
 assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules if sys.modules[m] is not None)
 print(codes.shape, audio.shape)
 """
@@ -243,8 +243,8 @@ def test_bad_input_gives_clear_errors(codec, onnx_dir, tmp_path):
 
 
 def test_stream_command_writes_audio_and_reports(onnx_dir, speech, tmp_path, capsys):
-    from codec.audio import load_audio, save_audio
-    from export.commands import stream as stream_command
+    from voxtok.audio import load_audio, save_audio
+    from voxtok.export.commands import stream as stream_command
 
     src, out = tmp_path / "in.wav", tmp_path / "out.wav"
     save_audio(src, speech[:SR], SR)
@@ -308,8 +308,8 @@ class _FakeMicrophone:
 
 
 def test_stream_command_from_microphone(onnx_dir, speech, tmp_path, capsys, monkeypatch):
-    from codec.audio import load_audio
-    from export.commands import stream as stream_command
+    from voxtok.audio import load_audio
+    from voxtok.export.commands import stream as stream_command
 
     monkeypatch.setitem(sys.modules, "sounddevice", _FakeMicrophone(speech[:SR]))
     out = tmp_path / "mic.wav"

@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
-from codec.cli import main
-from codec.errors import VoxtokError
-from codec.phone_teacher import (
+from voxtok.cli import main
+from voxtok.errors import VoxtokError
+from voxtok.phone_teacher import (
     BLANK,
     PhoneRecogniser,
     TeacherTrainConfig,
@@ -60,7 +59,7 @@ def test_edit_distance():
 def tiny_corpus(tmp_path_factory) -> Path:
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed")
-    from codec.data import synth
+    from voxtok.data import synth
 
     root = tmp_path_factory.mktemp("speech")
     rows = []
@@ -101,7 +100,7 @@ def test_a_tiny_recogniser_learns_its_speech_and_its_folder_is_a_teacher(tiny_co
     assert starts == sorted(starts) and spans[-1][2] <= len(samples) / 16000 + 0.02
 
     # The distillation term loads the exported folder as its frozen teacher (transformers' AutoModel).
-    from codec.distill import TermInputs, build_terms
+    from voxtok.distill import TermInputs, build_terms
 
     term = build_terms({"teacher": {"model": str(folder), "layer": -1}}, latent_dim=8)["teacher"]
     audio = torch.from_numpy(samples[:16000])[None, None]
@@ -124,7 +123,7 @@ def _recipe(tmp_path: Path, cfg: TeacherTrainConfig) -> Path:
 
 
 def test_bad_input_is_one_line(tmp_path, capsys):
-    from codec.commands.teacher import DEFAULT_FOLDER
+    from voxtok.phone_teacher import DEFAULT_FOLDER
 
     junk = tmp_path / "junk.wav"
     junk.write_text("not audio")
@@ -142,7 +141,7 @@ def test_bad_input_is_one_line(tmp_path, capsys):
 
 
 def test_an_utterance_gives_the_same_output_alone_and_padded_in_a_batch():
-    from codec.phone_teacher import PhoneCTC, PhoneCTCConfig
+    from voxtok.phone_teacher import PhoneCTC, PhoneCTCConfig
 
     torch.manual_seed(0)
     model = PhoneCTC(PhoneCTCConfig(symbols=[BLANK, "a", "b"], **TINY_MODEL)).eval()
@@ -163,8 +162,8 @@ def test_the_shipped_recogniser_hears_new_sentences_in_a_training_voice():
     (measured 14% and 21% PER; chance is near 100%)."""
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed")
-    from codec.commands.teacher import DEFAULT_FOLDER
-    from codec.data import synth
+    from voxtok.data import synth
+    from voxtok.phone_teacher import DEFAULT_FOLDER
 
     recogniser = PhoneRecogniser.from_pretrained(DEFAULT_FOLDER)
     errors = total = 0

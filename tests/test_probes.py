@@ -1,11 +1,10 @@
-"""The RVQ-1 probes (codec.eval.probes): each measure on data whose answer is known, then a real report."""
+"""The RVQ-1 probes (voxtok.eval.probes): each measure on data whose answer is known, then a real report."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from codec.eval.probes import code_frame_labels, linear_probe, pnmi, sentence_retrieval, speaker_probe
+from voxtok.eval.probes import code_frame_labels, linear_probe, pnmi, sentence_retrieval, speaker_probe
 
 
 def test_pnmi_is_one_when_codes_name_the_phone_and_near_zero_when_unrelated():
@@ -51,7 +50,7 @@ def test_speaker_probe_holds_out_one_file_per_speaker():
 
 def test_report_on_real_transcribed_speech(real_root, tmp_path, codec_model):
     pytest.importorskip("pocketsphinx")
-    from codec.eval.probes import labelled_items, probe_report
+    from voxtok.eval.probes import labelled_items, probe_report
 
     train = labelled_items(real_root, "train", str(tmp_path), limit=8)
     test = labelled_items(real_root, "dev", str(tmp_path), limit=12)
@@ -70,9 +69,8 @@ def test_token_frames_probe_the_12hz_tokens_per_20ms():
     import torch
     from test_harmonic_codec import voiced_signal
     from test_lowrate import tiny_lowrate_config
-
-    from codec.eval.probes import token_frames
-    from codec.lowrate import LowRateCodec
+    from voxtok.eval.probes import token_frames
+    from voxtok.lowrate import LowRateCodec
 
     torch.manual_seed(0)
     model = LowRateCodec(tiny_lowrate_config()).eval()

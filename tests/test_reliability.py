@@ -17,13 +17,12 @@ import pytest
 import soundfile as sf
 import torch
 from safetensors.torch import save_file
-
-from codec.binary import MAX_HEADER_BYTES, decode_vtok, encode_vtok, summarize_vtok
-from codec.cli import main
-from codec.compress import encode_file, encode_samples, make_header, model_tokens
-from codec.config import CodecConfig
-from codec.errors import VoxtokError
-from codec.model import VoxtokCodec
+from voxtok.binary import MAX_HEADER_BYTES, decode_vtok, encode_vtok, summarize_vtok
+from voxtok.cli import main
+from voxtok.compress import encode_file, encode_samples, make_header, model_tokens
+from voxtok.config import CodecConfig
+from voxtok.errors import VoxtokError
+from voxtok.model import VoxtokCodec
 
 SPEECH = "librispeech/1089-134686-0000.flac"
 
@@ -132,7 +131,7 @@ def test_unwritable_output_is_one_line_and_the_batch_reports_a_summary(tmp_path,
 
 
 def test_a_full_disk_mid_batch_fails_that_file_and_goes_on(tmp_path, capsys, speech_wav, monkeypatch):
-    import codec.audio
+    import voxtok.audio
 
     folder = tmp_path / "in"
     folder.mkdir()
@@ -145,7 +144,7 @@ def test_a_full_disk_mid_batch_fails_that_file_and_goes_on(tmp_path, capsys, spe
             raise OSError(28, "No space left on device")
         return real_replace(src, dst)
 
-    monkeypatch.setattr(codec.audio.os, "replace", flaky_replace)
+    monkeypatch.setattr(voxtok.audio.os, "replace", flaky_replace)
     code, _, err = run_cli(capsys, "encode", str(folder), "-o", str(tmp_path / "out"), "--quiet")
     lines = err.strip().splitlines()
     assert code == 1 and any("b.vtok: cannot write (No space left on device)" in x for x in lines)
@@ -190,7 +189,7 @@ def test_a_lying_header_with_a_valid_crc_is_refused_before_decoding(codec_model,
 
 
 def test_more_codebooks_than_the_model_has_is_refused(codec_model, good_tokens):
-    from codec.binary import pack_codes
+    from voxtok.binary import pack_codes
 
     header, _ = good_tokens
     payload = pack_codes(np.zeros((13, 10), dtype=np.int64), 10)
@@ -337,7 +336,7 @@ def test_degenerate_audio_never_crashes_roundtrip(tmp_path, capsys, kind):
 # exec'd process's own peak.
 _PEAK_SCRIPT = """
 import sys
-from codec.compress import encode_file, load_codec
+from voxtok.compress import encode_file, load_codec
 model = load_codec()
 codes, n = encode_file(model, sys.argv[1], 3)
 hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
@@ -371,16 +370,16 @@ def test_long_file_encode_memory_does_not_grow_with_duration(tmp_path, real_root
 def test_streamed_file_encode_equals_one_shot(tmp_path, real_root, codec_model, monkeypatch):
     """The block-by-block path gives the codes of encoding the whole signal at once (a native-rate file and one
     that needs resampling)."""
-    import codec.compress
+    import voxtok.compress
 
-    monkeypatch.setattr(codec.compress, "STREAM_ABOVE_SECONDS", 1.0)
+    monkeypatch.setattr(voxtok.compress, "STREAM_ABOVE_SECONDS", 1.0)
     speech, sr = sf.read(str(real_root / SPEECH), dtype="float32")
     for rate in (16000, 22050):
         path = tmp_path / f"{rate}.wav"
         data = speech if rate == 16000 else _resample(speech, sr, rate)
         sf.write(path, data, rate, subtype="FLOAT")
         streamed, n = encode_file(codec_model, path, 6)
-        from codec.audio import load_audio
+        from voxtok.audio import load_audio
 
         whole = load_audio(path, 16000)
         one_shot = codec_model.encode(torch.from_numpy(whole)[None, None], 6)[0].numpy()
@@ -400,10 +399,10 @@ def _resample(x: np.ndarray, sr: int, rate: int) -> np.ndarray:
 def test_piecewise_decode_equals_one_shot(codec_model, monkeypatch):
     """decode_to_file's pieces (the streaming decoder, chunk by chunk, then the overlap-add tail) join into what
     decode_codes gives, for inputs shorter and longer than one piece."""
-    import codec.compress
-    from codec.compress import decode_codes, iter_decoded
+    import voxtok.compress
+    from voxtok.compress import decode_codes, iter_decoded
 
-    monkeypatch.setattr(codec.compress, "STREAM_CHUNK_SECONDS", 0.5)
+    monkeypatch.setattr(voxtok.compress, "STREAM_CHUNK_SECONDS", 0.5)
     codes = np.random.default_rng(1).integers(0, 1024, size=(3, 77))
     whole = decode_codes(codec_model, codes, 77 * 320 - 5)
     for frames in (10, 77):

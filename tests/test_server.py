@@ -22,15 +22,14 @@ import pytest
 pytest.importorskip("onnxruntime")
 pytest.importorskip("websockets")
 
+from voxtok.errors import VoxtokError  # noqa: E402
+from voxtok.export import loadtest  # noqa: E402
+from voxtok.export.client import ServerError, StreamClient, decode, encode, health, run_pipelined  # noqa: E402
+from voxtok.export.protocol import codes_to_bytes, float_to_pcm, pcm_to_float  # noqa: E402
+from voxtok.export.runtime import ExportedCodec, OfflineCodec  # noqa: E402
+from voxtok.export.server import BackgroundServer, ServerConfig  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 from websockets.exceptions import ConnectionClosed  # noqa: E402
-
-from codec.errors import VoxtokError  # noqa: E402
-from export import loadtest  # noqa: E402
-from export.client import ServerError, StreamClient, decode, encode, health, run_pipelined  # noqa: E402
-from export.protocol import codes_to_bytes, float_to_pcm, pcm_to_float  # noqa: E402
-from export.runtime import ExportedCodec, OfflineCodec  # noqa: E402
-from export.server import BackgroundServer, ServerConfig  # noqa: E402
 
 SR = 16000
 MAX_BYTES = 64 * 1024
@@ -39,7 +38,7 @@ MAX_BYTES = 64 * 1024
 @pytest.fixture(scope="module")
 def onnx_dir():
     """The shipped model's export, made once into the user cache (as `voxtok stream` keeps it)."""
-    from export.cache import cached_export
+    from voxtok.export.cache import cached_export
 
     return cached_export(None, False)
 
@@ -416,7 +415,7 @@ def test_capacity_search_doubles_then_bisects(monkeypatch):
 # ---- the command line ---------------------------------------------------------------------------------
 
 def test_cli_defaults_match_the_server_config():
-    from export.commands import serve
+    from voxtok.export.commands import serve
 
     defaults = ServerConfig()
     for key, value in serve.DEFAULTS.items():
@@ -426,7 +425,7 @@ def test_cli_defaults_match_the_server_config():
 def test_serve_command_serves_and_stops_cleanly_on_sigterm(onnx_dir, speech, offline):
     port = loadtest._free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    process = subprocess.Popen([sys.executable, "-m", "export.commands.serve", "--onnx", str(onnx_dir), "--port",
+    process = subprocess.Popen([sys.executable, "-m", "voxtok.export.commands.serve", "--onnx", str(onnx_dir), "--port",
                                 str(port), "--max-streams", "4"], stderr=subprocess.PIPE, text=True, env=env)
     try:
         url = f"ws://127.0.0.1:{port}/v1/stream"
@@ -448,19 +447,20 @@ def test_serve_command_serves_and_stops_cleanly_on_sigterm(onnx_dir, speech, off
         process.wait()
 
 
+@pytest.mark.needs_data  # its default audio is the real dev speech
 def test_loadtest_command_runs_a_server_process(onnx_dir, tmp_path):
-    """`python -m export.loadtest` starts `python -m export.commands.serve` on 127.0.0.1, runs one level and
-    stops it; the JSON report carries the server's CPU cost per second of audio."""
+    """`python -m voxtok.export.loadtest` starts `python -m voxtok.export.commands.serve` on 127.0.0.1, runs one
+    level and stops it; the JSON report carries the server's CPU cost per second of audio."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    result = subprocess.run([sys.executable, "-m", "export.loadtest", "--onnx", str(onnx_dir), "--seconds", "1",
+    result = subprocess.run([sys.executable, "-m", "voxtok.export.loadtest", "--onnx", str(onnx_dir), "--seconds", "1",
                              "--max-streams", "1", "--budget-s", "30", "--json"],
                             capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     level = report["levels"][0]
     assert level["streams"] == 1 and level["verified"] == 1 and level["server_cpu_per_audio_s"] > 0
-    bad = subprocess.run([sys.executable, "-m", "export.commands.serve", "--onnx", str(onnx_dir), "--max-streams",
-                          "0"], capture_output=True, text=True, timeout=60, env=env)
+    bad = subprocess.run([sys.executable, "-m", "voxtok.export.commands.serve", "--onnx", str(onnx_dir),
+                          "--max-streams", "0"], capture_output=True, text=True, timeout=60, env=env)
     assert bad.returncode == 1 and bad.stderr.strip() == "voxtok: error: max-streams must be at least 1, got 0"
 
 

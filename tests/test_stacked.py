@@ -1,4 +1,4 @@
-"""The 12.5 Hz tokenizer stacked on codec v2 (codec.stacked): it holds only its own stage and pins the base's
+"""The 12.5 Hz tokenizer stacked on codec v2 (voxtok.stacked): it holds only its own stage and pins the base's
 token-defining weights; streaming = offline for both decoders; the latent cache; training on cached latents and
 resuming; export and load from a folder. Tiny random-weight models (a tiny v2 as the base); no shared data."""
 
@@ -11,12 +11,11 @@ import pytest
 import soundfile as sf
 import torch
 from test_harmonic_codec import tiny_config, voiced_signal
-
-from codec.compress import load_codec
-from codec.config import StackedConfig
-from codec.errors import VoxtokError
-from codec.harmonic_codec import HarmonicCodec
-from codec.stacked import StackedCodec
+from voxtok.compress import load_codec
+from voxtok.config import StackedConfig
+from voxtok.errors import VoxtokError
+from voxtok.harmonic_codec import HarmonicCodec
+from voxtok.stacked import StackedCodec
 
 SR = 16000
 HOP = 1280
@@ -144,7 +143,7 @@ def _tiny_data(tmp_path):
 
 def test_latent_cache_holds_the_base_encoder_output(tiny_base, tmp_path):
     """One file per (weights, source): each file's latents are what the base encoder makes of it, whole."""
-    from codec.data.latent_cache import build_latent_cache, load_latent_cache
+    from voxtok.data.latent_cache import build_latent_cache, load_latent_cache
 
     corpus = _tiny_data(tmp_path)
     base = load_codec(tiny_base)
@@ -152,7 +151,7 @@ def test_latent_cache_holds_the_base_encoder_output(tiny_base, tmp_path):
     assert base.tokens_hash() in str(path)
     cached = load_latent_cache(path)
     assert cached.paths == ["c0.wav", "c1.wav", "c2.wav"] and list(cached.frames) == [150, 150, 150]
-    from codec.audio import load_audio
+    from voxtok.audio import load_audio
 
     with torch.no_grad():
         h = base.encoder(torch.from_numpy(load_audio(corpus / "c1.wav", SR))[None, None].double())
@@ -164,7 +163,7 @@ def test_latent_cache_holds_the_base_encoder_output(tiny_base, tmp_path):
 def test_training_on_cached_latents_lowers_the_loss_resumes_and_exports(tiny_base, tmp_path, capsys):
     """`voxtok train` with a stacked recipe: the cache is filled, the latent loss falls, a resume continues from
     the checkpoint, and --export writes a folder that loads with its base and decodes real-length audio."""
-    from codec.cli import main
+    from voxtok.cli import main
 
     corpus = _tiny_data(tmp_path)
     cfg = tiny_stacked_config(tiny_base)
@@ -212,8 +211,8 @@ def test_onnx_export_streams_like_pytorch(tiny_stacked, tmp_path):
     """The encoder graph holds the base encoder, the synth graph the base decoder: the torch-free runtime gives
     PyTorch's latents and, streaming odd chunks through one flow step at a time, PyTorch's flow decoding."""
     pytest.importorskip("onnxruntime")
-    from export.lowrate_onnx import export_lowrate_onnx, verify_lowrate_export
-    from export.lowrate_runtime import LowRateRuntime
+    from voxtok.export.lowrate_onnx import export_lowrate_onnx, verify_lowrate_export
+    from voxtok.export.lowrate_runtime import LowRateRuntime
 
     manifest = export_lowrate_onnx(tiny_stacked, tmp_path / "onnx")
     assert manifest["decoder_skip_samples"] == HOP + 240 and manifest["latency"]["algorithmic_ms"] == 175.0

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from codec.compress import decode_codes, encode_batch, encode_samples
+from voxtok.compress import decode_codes, encode_batch, encode_samples
 
 
 def _stream_encode(model, wav: torch.Tensor, chunk: int, n_q: int) -> torch.Tensor:
@@ -65,7 +64,7 @@ def test_stream_latency_is_one_frame_plus_istft_overlap(codec_model):
 
 
 def test_batched_encoding_equals_one_by_one(codec_model, real_root, real_rows):
-    from codec.audio import load_audio
+    from voxtok.audio import load_audio
 
     paths = [r["path"] for r in real_rows if r["path"].startswith("speechocean762/")][:3]
     clips = [load_audio(real_root / p, 16000)[: 16000 * (2 + i)] for i, p in enumerate(paths)]
@@ -75,7 +74,7 @@ def test_batched_encoding_equals_one_by_one(codec_model, real_root, real_rows):
 
 
 def test_long_input_streams_in_chunks_with_same_codes(codec_model, dev_speech, monkeypatch):
-    import codec.compress as compress
+    import voxtok.compress as compress
 
     samples = np.concatenate([dev_speech[0]] * 2)  # ~21 s
     one_shot = encode_samples(codec_model, samples, 3)

@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
-from codec.audio import is_silent
-from codec.data import synth
-from codec.errors import VoxtokError
+from voxtok.audio import is_silent
+from voxtok.data import synth
+from voxtok.errors import VoxtokError
 
 REAL_MANIFEST = synth.DEFAULT_TEXT.parents[1] / "real" / "manifest.jsonl"
 SENTENCE = "The tried and the untried, young and old, were herded together."  # 11 words
@@ -159,7 +158,7 @@ def _check_schema(root: Path, rows: list[dict], sentences: list[str]) -> None:
 
 
 def test_dev_cli_prefix(tmp_path, sentences, voices, capsys):
-    from codec.commands import synth as command
+    from voxtok.commands import synth as command
 
     parser = argparse.ArgumentParser(prog="voxtok")
     command.register(parser.add_subparsers())
@@ -177,6 +176,7 @@ def test_dev_cli_prefix(tmp_path, sentences, voices, capsys):
             args.func(args)
 
 
+@pytest.mark.needs_data  # the default sentence file is in ../shared/data/text
 def test_bad_voice_and_missing_engine(voices, tmp_path, monkeypatch):
     with pytest.raises(VoxtokError, match="unknown synthesis engine"):
         synth.synthesize(SENTENCE, synth.SynthVoice("mbrola", "us1"))
@@ -222,8 +222,8 @@ def test_piper_is_opt_in_deterministic_and_speaks_the_text(tmp_path, sentences, 
     assert len(synth.synthesize(SENTENCE, replace(joe, speed=1.4))) < 0.85 * len(synth.synthesize(
         SENTENCE, replace(joe, speed=0.8)))
     pytest.importorskip("pocketsphinx")
-    from codec.eval.metrics import error_rate, normalise_words
-    from codec.eval.models import PocketsphinxAsr
+    from voxtok.eval.metrics import error_rate, normalise_words
+    from voxtok.eval.models import PocketsphinxAsr
 
     asr, reference = PocketsphinxAsr(), normalise_words(SENTENCE)
     wer = error_rate(reference, normalise_words(asr.transcribe(first)))
@@ -240,7 +240,7 @@ def test_piper_is_opt_in_deterministic_and_speaks_the_text(tmp_path, sentences, 
 
 
 def test_cli_reports_skipped_utterance_and_goes_on(tmp_path, voices, capsys):
-    from codec.commands import synth as command
+    from voxtok.commands import synth as command
 
     text = tmp_path / "sentences.txt"
     # Line 0 is a dev id; of the three training lines one has nothing to say.

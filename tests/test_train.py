@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-
-from codec.config import CodecConfig
-from codec.train import TrainConfig, Trainer, load_recipe
+from voxtok.config import CodecConfig
+from voxtok.train import TrainConfig, Trainer
+from voxtok.trainers import load_recipe
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = dict(enc_sub_dim=16, enc_sub_layers=1, enc_dim=32, enc_layers=1, latent_dim=16, dec_dim=32, dec_layers=1,
@@ -74,7 +74,7 @@ def test_mel_loss_goes_down_on_real_speech(tmp_path, real_root):
 
 
 def test_bad_recipe_is_refused(tmp_path):
-    from codec.errors import VoxtokError
+    from voxtok.errors import VoxtokError
 
     bad = tmp_path / "bad.toml"
     bad.write_text("[train]\nno_such_key = 1\n")
@@ -85,7 +85,7 @@ def test_bad_recipe_is_refused(tmp_path):
 def test_recipe_base_is_overlaid(tmp_path):
     """`base = "..."`: the base's tables first, this recipe's keys over them, key by key (terms too); a loop of
     bases and a missing base are refused with one clear error."""
-    from codec.errors import VoxtokError
+    from voxtok.errors import VoxtokError
 
     model_cfg, cfg = load_recipe(REPO / "recipes" / "lowrate_12hz_phone_long.toml")
     _, base_cfg = load_recipe(REPO / "recipes" / "lowrate_12hz_phone.toml")
@@ -153,7 +153,7 @@ def test_packed_checkpoint_is_small_and_resumes(tmp_path, real_root):
 def test_dead_code_expiry_near_the_mean_use_redraws_the_codebook_every_step(threshold, churns):
     """With 64 frames per step over 64 codes (mean use 1), a threshold of 2 re-draws most of the codebook at every
     step, however long it trains; a threshold of 0.1 lets it settle. The trainer's warning says which is which."""
-    from codec.quantization import ResidualQuantizer, dead_code_churn_warning
+    from voxtok.quantization import ResidualQuantizer, dead_code_churn_warning
 
     torch.manual_seed(0)
     centres = torch.randn(16, 8) * 3

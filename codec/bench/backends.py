@@ -1,8 +1,8 @@
 """What the speed benchmark times: one adapter per runtime, each with encode/decode on mono float32 audio
 at its own rate and, where the system streams, a chunk-by-chunk session.
 
-A new runtime plugs in with one `Backend` subclass and one entry in `make_backend`; the harness in
-codec.bench.speed never looks inside. Heavy imports happen in the constructors, which only ever run in a
+A new runtime plugs in with one `Backend` subclass and one entry in voxtok.bench.registry.make_backend; the harness in
+voxtok.bench.speed never looks inside. Heavy imports happen in the constructors, which only ever run in a
 benchmark worker process (so the CLI process stays light and thread settings never leak).
 """
 
@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-
-from codec.errors import VoxtokError
+from voxtok.errors import VoxtokError
 
 
 @dataclass
@@ -91,9 +90,8 @@ class TorchCodec(Backend):
         import argparse
 
         import torch
-
-        from codec.commands.decoding import apply_decoding_options
-        from codec.compress import load_codec
+        from voxtok.commands.decoding import apply_decoding_options
+        from voxtok.compress import load_codec
 
         self._torch = torch
         self.model = load_codec(model)
@@ -155,9 +153,9 @@ def _latency_note(frame: int, lookahead: int, sample_rate: int) -> str:
 
 
 def _runtime():
-    """export.runtime, the torch-free runtime users get (onnxruntime + numpy), or a one-line reason why not."""
+    """voxtok.export.runtime, the torch-free runtime users get (onnxruntime + numpy), or a one-line reason why not."""
     try:
-        from export import runtime
+        from voxtok.export import runtime
     except ModuleNotFoundError as exc:
         raise VoxtokError(f"the ONNX backend is not available here ({exc.name} is not installed; "
                           "pip install 'voxtok[runtime]' in a checkout with export/)") from None
@@ -165,14 +163,13 @@ def _runtime():
 
 
 class OnnxCodec(Backend):
-    """An exported model folder (`voxtok export onnx -o DIR`) through export.runtime: numpy in and out, no
+    """An exported model folder (`voxtok export onnx -o DIR`) through voxtok.export.runtime: numpy in and out, no
     torch in the process, so its memory figure is the runtime's own."""
 
     def __init__(self, folder: str | Path, precision: str, bitrate_kbps: float | None, threads: int):
         runtime = _runtime()
         import onnxruntime as ort
-
-        from codec.config import config_from_dict
+        from voxtok.config import config_from_dict
 
         self.runtime = runtime
         self.codec = runtime.ExportedCodec(folder, threads, precision)
@@ -227,19 +224,3 @@ class _RuntimeStream:
 def onnx_precisions(folder: str | Path) -> list[str]:
     """The graph precisions an export holds (fp32, and int8 when exported with --int8)."""
     return list(_runtime().load_manifest(folder)["graphs"])
-
-
-# ---- registry ---------------------------------------------------------------------------------------
-
-
-def make_backend(kind: str, options: dict, threads: int) -> Backend:
-    """`voxtok` (PyTorch), `onnx` (an exported folder) or a peer name from codec.bench.peers."""
-    if kind == "voxtok":
-        return TorchCodec(options.get("model"), options.get("bitrate"), threads, options.get("decoding"))
-    if kind == "onnx":
-        return OnnxCodec(options["folder"], options.get("precision", "fp32"), options.get("bitrate"), threads)
-    from codec.bench.peers import PEERS, build_peer
-
-    if kind in PEERS:
-        return build_peer(kind, threads)
-    raise VoxtokError(f"unknown benchmark system {kind!r}")

@@ -18,9 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-
-from codec.bench.backends import Backend, SystemInfo, configure_torch, count_params
-from codec.errors import VoxtokError
+from voxtok.bench.backends import Backend, SystemInfo, configure_torch, count_params
+from voxtok.errors import VoxtokError
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from codec.audio import atomic_write
+from voxtok.audio import atomic_write
 
 # The codec's bar (issue tracker): offline encode + decode at >= 20x real time on 1 thread.
 BAR_RTF = 20.0

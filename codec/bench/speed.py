@@ -1,6 +1,6 @@
 """Timing harness: real-time factors, per-chunk streaming latency and peak memory of one system.
 
-Every (system, thread count) pair runs in a fresh worker process (`python -m codec.bench.speed SPEC OUT`):
+Every (system, thread count) pair runs in a fresh worker process (`python -m voxtok.bench.speed SPEC OUT`):
 thread settings cannot leak from one measurement into the next, and the process's peak resident set
 (VmHWM from /proc/self/status, see peak_rss_mb; unlike tracemalloc it sees torch's and onnxruntime's
 native allocations) belongs to that system alone. It includes the Python interpreter and whatever was
@@ -26,8 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from codec.errors import VoxtokError
+from voxtok.errors import VoxtokError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SPEECH = "librispeech/1089-134686-0000.flac"  # 10.4 s of clean read speech
@@ -70,7 +69,7 @@ def peak_rss_mb() -> float:
 
 def load_input(path: str | Path, sample_rate: int, seconds: float) -> np.ndarray:
     """The speech file at `sample_rate` (soxr), repeated or cut to exactly `seconds`."""
-    from codec.audio import load_audio
+    from voxtok.audio import load_audio
 
     audio = load_audio(path, sample_rate)
     length = max(1, int(round(seconds * sample_rate)))
@@ -158,7 +157,7 @@ def _stream_pass(backend, chunks: list[np.ndarray], chunk_ms: float) -> tuple[li
 def measure(spec: RunSpec) -> dict:
     """Build the system, then time streaming before offline: the peak only grows, and offline holds
     the larger buffers, so this order gives both peaks."""
-    from codec.bench.backends import make_backend
+    from voxtok.bench.registry import make_backend
 
     rss = {"start_mb": peak_rss_mb()}
     backend = make_backend(spec.backend, spec.options, spec.threads)
@@ -203,7 +202,7 @@ def run_isolated(spec: RunSpec, timeout_s: float | None = None) -> dict:
         spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "result.json"
         spec_path.write_text(json.dumps(asdict(spec)))
         try:
-            proc = subprocess.run([sys.executable, "-m", "codec.bench.speed", str(spec_path), str(out_path)],
+            proc = subprocess.run([sys.executable, "-m", "voxtok.bench.speed", str(spec_path), str(out_path)],
                                   env=env, capture_output=True, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired:
             return {"error": f"took longer than {timeout_s:g} s"}
@@ -249,14 +248,14 @@ class BenchSettings:
     bitrate: float | None = None
     peers: list[str] = field(default_factory=list)
     onnx: str | None = None
-    # The 12.5 Hz tokenizer's decoder options ({"decoder": ..., "steps": ...}; codec.commands.decoding).
+    # The 12.5 Hz tokenizer's decoder options ({"decoder": ..., "steps": ...}; voxtok.commands.decoding).
     decoding: dict = field(default_factory=dict)
     command: str = "voxtok bench"
 
 
 def plan_jobs(settings: BenchSettings) -> tuple[list[Job], list[str]]:
     """The worker runs the settings ask for, and a note for each peer that cannot run here."""
-    from codec.bench.peers import PEERS, missing
+    from voxtok.bench.peers import PEERS, missing
 
     def spec(backend: str, options: dict, threads: int, chunk_ms: list[float]) -> RunSpec:
         return RunSpec(backend=backend, options=options, threads=threads, input=settings.input,
@@ -269,7 +268,7 @@ def plan_jobs(settings: BenchSettings) -> tuple[list[Job], list[str]]:
                                                             "decoding": settings.decoding},
                                                  threads, settings.chunk_ms), required=True))
     if settings.onnx is not None:
-        from codec.bench.backends import onnx_precisions
+        from voxtok.bench.backends import onnx_precisions
 
         for precision in onnx_precisions(settings.onnx):
             for threads in settings.threads:

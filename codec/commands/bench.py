@@ -39,10 +39,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from codec.bench.peers import parse_peers
-    from codec.bench.report import to_markdown, write_json, write_markdown
-    from codec.bench.speed import BenchSettings, default_input, run_bench
-    from codec.errors import VoxtokError
+    from voxtok.bench.peers import parse_peers
+    from voxtok.bench.report import to_markdown, write_json, write_markdown
+    from voxtok.bench.speed import BenchSettings, default_input, run_bench
+    from voxtok.errors import VoxtokError
 
     threads = _int_list(args.threads, "--threads")
     chunk_ms = [] if args.chunk_ms.strip().lower() == "none" else _float_list(args.chunk_ms, "--chunk-ms")
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _int_list(text: str, flag: str) -> list[int]:
-    from codec.errors import VoxtokError
+    from voxtok.errors import VoxtokError
 
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -81,7 +81,7 @@ def _int_list(text: str, flag: str) -> list[int]:
 
 
 def _float_list(text: str, flag: str) -> list[float]:
-    from codec.errors import VoxtokError
+    from voxtok.errors import VoxtokError
 
     try:
         values = [float(v) for v in text.split(",") if v.strip()]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from codec.commands.decoding import add_decoding_options
+    from voxtok.commands.decoding import add_decoding_options
 
     p = sub.add_parser("decode", help="decode .vtok token files (or .npy code arrays, .vlat latents) to audio")
     p.add_argument("inputs", nargs="+", help=".vtok/.npy/.vlat files or folders (searched recursively)")
@@ -25,11 +25,10 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from tqdm import tqdm
-
-    from codec.audio import save_audio_blocks
-    from codec.binary import load_codes_npy, read_bytes, summarize_vtok
-    from codec.commands.decoding import apply_decoding_options
-    from codec.compress import (
+    from voxtok.audio import save_audio_blocks
+    from voxtok.binary import load_codes_npy, read_bytes, summarize_vtok
+    from voxtok.commands.decoding import apply_decoding_options
+    from voxtok.compress import (
         available_models,
         check_codes,
         decode_to_file,
@@ -37,9 +36,9 @@ def run(args: argparse.Namespace) -> int:
         load_codec,
         read_tokens,
     )
-    from codec.errors import VoxtokError
-    from codec.inputs import collect_inputs, plan_outputs
-    from codec.latents import check_latents_model, decode_vlat, is_vlat
+    from voxtok.errors import VoxtokError
+    from voxtok.inputs import collect_inputs, plan_outputs
+    from voxtok.latents import check_latents_model, decode_vlat, is_vlat
 
     suffix = "." + args.audio_format
     items = collect_inputs(args.inputs, {".vtok", ".npy", ".vlat"})

@@ -18,7 +18,7 @@ def add_decoding_options(p: argparse.ArgumentParser) -> None:
 
 def apply_decoding_options(model, args: argparse.Namespace) -> None:
     """Set the options on a model that has them; refuse them for one that has not (they would be ignored)."""
-    from codec.errors import VoxtokError
+    from voxtok.errors import VoxtokError
 
     given = [name for name in ("decoder", "steps", "temperature") if getattr(args, name, None) is not None]
     if not given:

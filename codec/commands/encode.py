@@ -24,10 +24,9 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from tqdm import tqdm
-
-    from codec.audio import atomic_write, audio_duration, load_audio
-    from codec.binary import encode_vtok, save_codes_npy
-    from codec.compress import (
+    from voxtok.audio import atomic_write, audio_duration, load_audio
+    from voxtok.binary import encode_vtok, save_codes_npy
+    from voxtok.compress import (
         STREAM_ABOVE_SECONDS,
         check_encodable,
         encode_batch,
@@ -35,8 +34,8 @@ def run(args: argparse.Namespace) -> int:
         load_codec,
         make_header,
     )
-    from codec.errors import VoxtokError
-    from codec.inputs import AUDIO_SUFFIXES, collect_inputs, plan_outputs
+    from voxtok.errors import VoxtokError
+    from voxtok.inputs import AUDIO_SUFFIXES, collect_inputs, plan_outputs
 
     if args.batch_size < 1:
         raise VoxtokError(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -123,10 +122,9 @@ def _encode_latents(model, plan: list, args: argparse.Namespace) -> int:
     import sys
 
     from tqdm import tqdm
-
-    from codec.compress import encode_latents_file
-    from codec.errors import VoxtokError
-    from codec.latents import LatentHeader, write_vlat
+    from voxtok.compress import encode_latents_file
+    from voxtok.errors import VoxtokError
+    from voxtok.latents import LatentHeader, write_vlat
 
     if args.bitrate is not None:
         raise VoxtokError("--bitrate does not apply to --format latents (continuous latents have no bitrate)")

@@ -9,7 +9,7 @@ import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from codec.eval.catalog import BASELINES, GROUPS, SPEC_HELP
+    from voxtok.eval.catalog import BASELINES, GROUPS, SPEC_HELP
 
     p = sub.add_parser(
         "eval",
@@ -41,12 +41,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from codec.errors import VoxtokError
-    from codec.eval.catalog import BASELINES, GROUPS
-    from codec.eval.metrics import MetricSuite, parse_metric_list
-    from codec.eval.report import markdown_report, markdown_table, summary_line, write_json, write_text
-    from codec.eval.runner import Runner, read_manifest, read_split, select
-    from codec.eval.systems import parse_system
+    from voxtok.errors import VoxtokError
+    from voxtok.eval.catalog import BASELINES, GROUPS
+    from voxtok.eval.metrics import MetricSuite, parse_metric_list
+    from voxtok.eval.report import markdown_report, markdown_table, summary_line, write_json, write_text
+    from voxtok.eval.runner import Runner, read_manifest, read_split, select
+    from voxtok.eval.systems import parse_system
 
     ref_arg = args.ref_dir or os.environ.get("VOXTOK_DATA")
     if not ref_arg:

@@ -8,7 +8,7 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from codec.binary import VtokSummary
+    from voxtok.binary import VtokSummary
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,9 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from codec.binary import summarize_file
-    from codec.errors import VoxtokError
-    from codec.inputs import collect_inputs
+    from voxtok.binary import summarize_file
+    from voxtok.errors import VoxtokError
+    from voxtok.inputs import collect_inputs
 
     failed = 0
     names = [str(path) for path, _ in collect_inputs(args.files, {".vtok"})]

@@ -6,7 +6,7 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from codec.commands.decoding import add_decoding_options
+    from voxtok.commands.decoding import add_decoding_options
 
     p = sub.add_parser("roundtrip", help="encode and decode one file; print bitrate and metrics")
     p.add_argument("input", help="audio file")
@@ -23,10 +23,10 @@ def run(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from codec.audio import check_audio_output, load_audio, save_audio
-    from codec.commands.decoding import apply_decoding_options
-    from codec.compress import compress, decompress, load_codec
-    from codec.inputs import check_not_inputs
+    from voxtok.audio import check_audio_output, load_audio, save_audio
+    from voxtok.commands.decoding import apply_decoding_options
+    from voxtok.compress import compress, decompress, load_codec
+    from voxtok.inputs import check_not_inputs
 
     source, output = Path(args.input), Path(args.output)
     check_audio_output(output)
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 def _metrics(ref, est) -> dict:
     """SI-SDR, and PESQ-WB and STOI when the eval extra (voxtok[eval]) is installed: the same functions as
     `voxtok eval`. A metric that is undefined for this input (silence, a DC signal, a few samples) is null."""
-    from codec.eval.metrics import pesq_wb, si_sdr, stoi
+    from voxtok.eval.metrics import pesq_wb, si_sdr, stoi
 
     out = {}
     for name, metric in (("si_sdr_db", si_sdr), ("pesq_wb", pesq_wb), ("stoi", stoi)):

@@ -48,8 +48,8 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 def _run(args: argparse.Namespace) -> int:
     import json
 
-    from codec.data import synth
-    from codec.errors import VoxtokError
+    from voxtok.data import synth
+    from voxtok.errors import VoxtokError
 
     engines = synth.check_engines([e.strip() for e in args.engines.split(",") if e.strip()]) \
         if args.engines is not None else synth.DEFAULT_ENGINES

@@ -1,4 +1,4 @@
-"""`voxtok teacher train|eval|recognise`: voxtok's own phone-CTC recogniser (codec.phone_teacher), the speech
+"""`voxtok teacher train|eval|recognise`: voxtok's own phone-CTC recogniser (voxtok.phone_teacher), the speech
 encoder the distillation terms and phone labelling can use where no HuBERT/WavLM weights are at hand."""
 
 from __future__ import annotations
@@ -6,8 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-
-DEFAULT_FOLDER = Path(__file__).resolve().parent.parent / "pretrained" / "voxtok-phone-ctc"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=run_train)
     e = verbs.add_parser("eval", help="phone error rate on transcribed speech (greedy CTC decoding)")
-    e.add_argument("--model", default=str(DEFAULT_FOLDER), help="model folder (default: the shipped one)")
+    e.add_argument("--model", default=None, help="model folder (default: the shipped voxtok-phone-ctc)")
     e.add_argument("--set", action="append", dest="sets", metavar="DIR[:SPLIT]",
                    help="a folder with manifest.jsonl and text, optionally a split (repeatable; default: "
                    "data/synth_heldout and ../shared/data/real:dev)")
@@ -32,14 +30,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=run_eval)
     r = verbs.add_parser("recognise", help="print the phones of a speech file (and, with --text, where they are)")
     r.add_argument("audio")
-    r.add_argument("--model", default=str(DEFAULT_FOLDER))
+    r.add_argument("--model", default=None, help="model folder (default: the shipped voxtok-phone-ctc)")
     r.add_argument("--text", default=None, help="force-align this text's phones instead of recognising")
     r.set_defaults(func=run_recognise)
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from codec.errors import VoxtokError
-    from codec.phone_teacher import PhoneCTC, TeacherTrainer, read_recipe
+    from voxtok.errors import VoxtokError
+    from voxtok.phone_teacher import PhoneCTC, TeacherTrainer, read_recipe
 
     if not Path(args.recipe).is_file():
         raise VoxtokError(f"{args.recipe}: no such recipe")
@@ -61,12 +59,12 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from codec.errors import VoxtokError
-    from codec.phone_teacher import PhoneRecogniser, load_utterances, phone_error_rate
+    from voxtok.errors import VoxtokError
+    from voxtok.phone_teacher import DEFAULT_FOLDER, PhoneRecogniser, load_utterances, phone_error_rate
 
     if args.files is not None and args.files < 1:
         raise VoxtokError(f"--files must be at least 1, got {args.files}")
-    recogniser = PhoneRecogniser.from_pretrained(args.model)
+    recogniser = PhoneRecogniser.from_pretrained(args.model or DEFAULT_FOLDER)
     figures = {}
     for spec in args.sets or ["data/synth_heldout", "../shared/data/real:dev"]:
         root, _, split = spec.partition(":")
@@ -78,17 +76,17 @@ def run_eval(args: argparse.Namespace) -> int:
                          "phones": sum(len(u.phones) for u in utterances)}
         print(f"{spec}: PER {figures[spec]['per']:.1%} on {len(utterances)} files", flush=True)
     if args.output:
-        from codec.audio import atomic_write
+        from voxtok.audio import atomic_write
 
         atomic_write(args.output, lambda tmp: Path(tmp).write_text(json.dumps(figures, indent=1) + "\n"))
     return 0
 
 
 def run_recognise(args: argparse.Namespace) -> int:
-    from codec.audio import load_audio
-    from codec.phone_teacher import SAMPLE_RATE, PhoneRecogniser, teacher_phones
+    from voxtok.audio import load_audio
+    from voxtok.phone_teacher import DEFAULT_FOLDER, SAMPLE_RATE, PhoneRecogniser, teacher_phones
 
-    recogniser = PhoneRecogniser.from_pretrained(args.model)
+    recogniser = PhoneRecogniser.from_pretrained(args.model or DEFAULT_FOLDER)
     samples = load_audio(args.audio, SAMPLE_RATE)
     if args.text is None:
         print(" ".join(recogniser.recognise(samples)))

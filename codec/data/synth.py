@@ -49,9 +49,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import soxr
-
-from codec.audio import atomic_write, is_silent, save_audio
-from codec.errors import VoxtokError
+from voxtok.audio import atomic_write, is_silent, save_audio
+from voxtok.errors import VoxtokError
 
 SAMPLE_RATE = 16000
 DEFAULT_TIMEOUT_S = 60.0

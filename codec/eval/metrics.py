@@ -1,7 +1,7 @@
 """Quality metrics on 16 kHz mono float32 signals, and `MetricSuite`, which runs the chosen set per file.
 
 Signal metrics are plain functions of (reference, degraded). Model-based metrics use the pretrained judges in
-codec.eval.models, which `MetricSuite` loads once per run. A metric that is undefined for an input (PESQ finds
+voxtok.eval.models, which `MetricSuite` loads once per run. A metric that is undefined for an input (PESQ finds
 no speech, STOI has too few voiced frames, no transcript) raises `MetricUndefined`; the suite records None and
 the reason instead of failing the file.
 """
@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
-
-from codec.errors import VoxtokError
-from codec.eval.catalog import GROUPS
-from codec.eval.models import SAMPLE_RATE, Judges, require
+from voxtok.errors import VoxtokError
+from voxtok.eval.catalog import GROUPS
+from voxtok.eval.models import SAMPLE_RATE, Judges, require
 
 
 class MetricUndefined(Exception):

@@ -14,8 +14,7 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-
-from codec.errors import VoxtokError
+from voxtok.errors import VoxtokError
 
 SAMPLE_RATE = 16000
 

@@ -10,9 +10,9 @@
 - A speaker probe: the same pooled vectors, softmax regression to the speaker over training files, scored on one
   held-out file of each speaker with 3 or more (distillation is expected to lower it).
 
-    python -m codec.eval.probes ../shared/data/real --train-split train --test-split dev [--model NAME]
+    python -m voxtok.eval.probes ../shared/data/real --train-split train --test-split dev [--model NAME]
 
-Labels come from codec.data.align (pocketsphinx, cached); a code frame k (20 ms) takes the phone at its centre.
+Labels come from voxtok.data.align (pocketsphinx, cached); a code frame k (20 ms) takes the phone at its centre.
 The 12.5 Hz tokenizer is probed per 20 ms too, each 80 ms token at 4 positions (token_frames), on its continuous
 tokens (add --quantized for the FSQ twin's).
 """
@@ -25,9 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from codec.data.align import PHONES, code_frame_labels
-from codec.errors import VoxtokError
+from voxtok.data.align import PHONES, code_frame_labels
+from voxtok.errors import VoxtokError
 
 
 @dataclass
@@ -140,9 +139,9 @@ class Labelled:
 def labelled_items(root: Path, split: str | None, cache: str, limit: int | None = None) -> list[Labelled]:
     """Every file of the split (None: the whole manifest) that has text and aligns: audio, 10 ms phones, words
     and speaker."""
-    from codec.audio import load_audio
-    from codec.data.align import cached_alignment
-    from codec.eval.runner import read_manifest, read_split, select
+    from voxtok.audio import load_audio
+    from voxtok.data.align import cached_alignment
+    from voxtok.eval.runner import read_manifest, read_split, select
 
     items = []
     rows = read_manifest(root)
@@ -203,7 +202,7 @@ def probe_report(model, train_items: list[Labelled], test_items: list[Labelled],
               "train_files": train.files, "test_files": test.files}
     report.update(speaker_probe(train.pooled, [x.speaker for x in train_items]))
     try:
-        from codec.data.context import TextEncoder
+        from voxtok.data.context import TextEncoder
 
         encoder = TextEncoder()
     except (ImportError, VoxtokError) as exc:  # the distill extra is optional for the other probes
@@ -232,9 +231,9 @@ def probe_report(model, train_items: list[Labelled], test_items: list[Labelled],
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
-    from codec.compress import load_codec
+    from voxtok.compress import load_codec
 
-    parser = argparse.ArgumentParser(prog="python -m codec.eval.probes")
+    parser = argparse.ArgumentParser(prog="python -m voxtok.eval.probes")
     parser.add_argument("root")
     parser.add_argument("--model", default=None)
     parser.add_argument("--train-split", default="train")

@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from codec.audio import atomic_write
+from voxtok.audio import atomic_write
 
 # column -> (header, format, scale); rates are shown in percent.
 COLUMNS: dict[str, tuple[str, str, float]] = {

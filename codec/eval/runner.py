@@ -13,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-
-from codec.audio import load_audio
-from codec.errors import VoxtokError
-from codec.eval.metrics import RATE_WEIGHTS, MetricSuite, align, fit_length
-from codec.eval.systems import SAMPLE_RATE, System, SystemFailure
+from voxtok.audio import load_audio
+from voxtok.errors import VoxtokError
+from voxtok.eval.metrics import RATE_WEIGHTS, MetricSuite, align, fit_length
+from voxtok.eval.systems import SAMPLE_RATE, System, SystemFailure
 
 SPLITS = {"dev": "real_dev.txt", "train": "real_train.txt"}
 

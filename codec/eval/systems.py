@@ -18,9 +18,8 @@ from typing import Protocol
 import numpy as np
 import soundfile as sf
 import soxr
-
-from codec.audio import load_audio
-from codec.errors import VoxtokError
+from voxtok.audio import load_audio
+from voxtok.errors import VoxtokError
 
 SAMPLE_RATE = 16000
 DEFAULT_TIMEOUT_S = 300.0
@@ -273,14 +272,14 @@ class VoxtokSystem:
         self._model = loaded
 
     def check(self) -> None:
-        from codec.compress import load_codec
+        from voxtok.compress import load_codec
 
         self._model = load_codec(self.model_name)
         if (self.decoding or self.latents) and not self._model.continuous:
             raise VoxtokError(f"system {self.name}: decoder options and +latents need the 12.5 Hz tokenizer")
 
     def process(self, samples: np.ndarray, tmpdir: Path, key: str) -> Decoded:
-        from codec.compress import compress, decompress
+        from voxtok.compress import compress, decompress
 
         if self._model is None:
             self.check()
@@ -306,8 +305,7 @@ class VoxtokSystem:
 
     def _latent_roundtrip(self, samples: np.ndarray) -> tuple[np.ndarray, int, float, float]:
         import torch
-
-        from codec.latents import LatentHeader, decode_vlat, encode_vlat
+        from voxtok.latents import LatentHeader, decode_vlat, encode_vlat
 
         model, cfg = self._model, self._model.config
         start = time.perf_counter()
@@ -329,7 +327,7 @@ class VoxtokSystem:
 # ---------------------------------------------------------------- command-line specs
 
 def parse_system(spec: str, timeout: float = DEFAULT_TIMEOUT_S) -> System:
-    """Build a system from its command-line spec (see codec.eval.catalog.SPEC_HELP)."""
+    """Build a system from its command-line spec (see voxtok.eval.catalog.SPEC_HELP)."""
     spec = spec.strip()
     name = None
     named = re.match(r"^([A-Za-z0-9_.+-]+)=(.+)$", spec, re.S)

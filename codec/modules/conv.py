@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from codec.modules.streaming import State, StreamingModule
+from voxtok.modules.streaming import State, StreamingModule
 
 
 class CausalConv1d(StreamingModule):

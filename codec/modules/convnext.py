@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-
-from codec.modules.conv import CausalConv1d
-from codec.modules.streaming import State, StreamingModule
+from voxtok.modules.conv import CausalConv1d
+from voxtok.modules.streaming import State, StreamingModule
 
 
 class ChannelLayerNorm(nn.LayerNorm):

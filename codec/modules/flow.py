@@ -1,4 +1,4 @@
-"""Conditional flow matching pieces shared by the 12.5 Hz tokenizers' flow decoders (codec.lowrate, codec.stacked):
+"""Conditional flow matching pieces shared by the 12.5 Hz tokenizers' flow decoders (voxtok.lowrate, voxtok.stacked):
 a causal velocity net conditioned on the flow time, and the residual flow's training and sampling rules.
 
 A residual flow models x1 = target - mu over a regression prediction mu (PriorGrad's data-dependent prior, as a
@@ -14,10 +14,9 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from codec.modules.conv import CausalConv1d
-from codec.modules.convnext import ChannelLayerNorm
-from codec.modules.streaming import State, StreamingModule
+from voxtok.modules.conv import CausalConv1d
+from voxtok.modules.convnext import ChannelLayerNorm
+from voxtok.modules.streaming import State, StreamingModule
 
 # The noise table: wraps after this many frames (82 s at 50 Hz); its seed fixes what every decode draws.
 NOISE_FRAMES = 4096

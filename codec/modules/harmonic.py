@@ -25,10 +25,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-
-from codec.features import mel_filterbank
-from codec.modules.istft_head import inverse_rdft_basis, overlap_add
-from codec.modules.streaming import State, StreamingModule
+from voxtok.features import mel_filterbank
+from voxtok.modules.istft_head import inverse_rdft_basis, overlap_add
+from voxtok.modules.streaming import State, StreamingModule
 
 F0_MIN_HZ = 40.0
 F0_MAX_HZ = 800.0

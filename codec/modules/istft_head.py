@@ -14,8 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from codec.modules.streaming import State, StreamingModule
+from voxtok.modules.streaming import State, StreamingModule
 
 
 def inverse_rdft_basis(window: int, hop: int) -> torch.Tensor:

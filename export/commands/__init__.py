@@ -8,6 +8,6 @@ import importlib
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    # Imported here, not at the top: `python -m export.commands.serve` must not find its module already loaded.
+    # Imported here, not at the top: `python -m voxtok.export.commands.serve` must not find its module already loaded.
     for name in ("onnx", "stream", "serve"):
-        importlib.import_module(f"export.commands.{name}").register(sub)
+        importlib.import_module(f"voxtok.export.commands.{name}").register(sub)

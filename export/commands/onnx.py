@@ -22,18 +22,18 @@ def run_onnx(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from codec.errors import VoxtokError
+    from voxtok.errors import VoxtokError
 
     for module in ("onnx", "onnxscript", "onnxruntime"):
         try:
             __import__(module)
         except ImportError:
             raise VoxtokError(f"ONNX export needs {module}: pip install 'voxtok[onnx]'") from None
-    from export.onnx_export import export_pretrained, verify_export
+    from voxtok.export.onnx_export import export_pretrained, verify_export
 
     out = Path(args.output)
     if args.model:
-        from codec.compress import load_codec
+        from voxtok.compress import load_codec
 
         model = load_codec(args.model)
         if model.continuous:  # the 12.5 Hz tokenizers: continuous tokens and a flow decoder
@@ -69,9 +69,9 @@ def _export_lowrate(model, args: argparse.Namespace, out) -> int:
     import json
     import sys
 
-    from codec.errors import VoxtokError
-    from export.lowrate_onnx import export_lowrate_onnx, verify_lowrate_export
-    from export.onnx_export import model_weights_sha256, probe_signal, resolve_model_dir
+    from voxtok.errors import VoxtokError
+    from voxtok.export.lowrate_onnx import export_lowrate_onnx, verify_lowrate_export
+    from voxtok.export.onnx_export import model_weights_sha256, probe_signal, resolve_model_dir
 
     if args.int8:
         raise VoxtokError(f"{model.model_id}: INT8 graphs are not offered for the 12.5 Hz tokenizer; export fp32")

@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-# The server's defaults (export.server.ServerConfig), repeated here so `voxtok --help` needs no websockets import;
-# tests/test_server.py checks that they agree.
+# The server's defaults (voxtok.export.server.ServerConfig), repeated here so `voxtok --help` needs no websockets
+# import; tests/test_server.py checks that they agree.
 DEFAULTS = {"host": "127.0.0.1", "port": 8765, "max_streams": 64, "max_streams_per_client": 0, "max_pending": 256,
             "max_pending_per_client": 128, "max_message_bytes": 256 * 1024, "threads": 2, "max_batch": 16,
             "start_timeout": 5.0, "idle_timeout": 60.0}
@@ -60,12 +60,12 @@ def run(args: argparse.Namespace) -> int:
     import logging
     from pathlib import Path
 
-    from codec.errors import VoxtokError
-    from export.cache import cached_export
-    from export.runtime import ExportedCodec
+    from voxtok.errors import VoxtokError
+    from voxtok.export.cache import cached_export
+    from voxtok.export.runtime import ExportedCodec
 
     try:
-        from export.server import ServerConfig, serve_forever
+        from voxtok.export.server import ServerConfig, serve_forever
     except ImportError as exc:
         raise VoxtokError(f"voxtok serve needs the serve extra ({exc}); pip install 'voxtok[serve]'") from None
 
@@ -91,8 +91,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m export.commands.serve ...`: the same command without the `voxtok` front end."""
-    from codec.errors import VoxtokError
+    """`python -m voxtok.export.commands.serve ...`: the same command without the `voxtok` front end."""
+    from voxtok.errors import VoxtokError
 
     parser = argparse.ArgumentParser(prog="voxtok")
     register(parser.add_subparsers(dest="command", required=True))

@@ -34,10 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from codec.audio import load_audio, save_audio
-    from codec.errors import VoxtokError
-    from export.cache import cached_export
-    from export.runtime import ExportedCodec, StreamingDecoder, StreamingEncoder, iter_chunks, run_stream
+    from voxtok.audio import load_audio, save_audio
+    from voxtok.errors import VoxtokError
+    from voxtok.export.cache import cached_export
+    from voxtok.export.runtime import ExportedCodec, StreamingDecoder, StreamingEncoder, iter_chunks, run_stream
 
     if args.chunk_ms <= 0:
         raise VoxtokError(f"--chunk-ms must be positive, got {args.chunk_ms}")
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
 
 def num_quantizers_for(codec, bitrate_kbps: float | None) -> int | None:
     """The codebooks for a bitrate, by the model config's one rule (None: all of them)."""
-    from codec.config import config_from_dict
+    from voxtok.config import config_from_dict
 
     if bitrate_kbps is None:
         return None
@@ -97,7 +97,7 @@ def microphone_chunks(sample_rate: int, chunk: int, seconds: float | None):
     """Chunks from the default input device until `seconds` have been read or Ctrl-C."""
     import queue
 
-    from codec.errors import VoxtokError
+    from voxtok.errors import VoxtokError
 
     try:
         import sounddevice as sd

@@ -1,5 +1,5 @@
 """Copy-synthesis ceiling of the harmonic-plus-noise head: analyse real dev speech (log-mel bands, pyworld F0,
-D4C aperiodicity), resynthesise with codec.modules.harmonic.HarmonicSynth, and score PESQ-WB / STOI against the
+D4C aperiodicity), resynthesise with voxtok.modules.harmonic.HarmonicSynth, and score PESQ-WB / STOI against the
 original (and DNSMOS OVRL, which needs no reference). No training and no quantization: this is what the head can
 reach when its parameters are exact.
 
@@ -16,13 +16,12 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-
-from codec.audio import load_audio
-from codec.data.pitch import world_features
-from codec.eval.metrics import pesq_wb, stoi
-from codec.eval.models import Judges
-from codec.eval.runner import read_manifest, read_split, select
-from codec.modules.harmonic import HarmonicSynth, SynthAnalysis
+from voxtok.audio import load_audio
+from voxtok.data.pitch import world_features
+from voxtok.eval.metrics import pesq_wb, stoi
+from voxtok.eval.models import Judges
+from voxtok.eval.runner import read_manifest, read_split, select
+from voxtok.modules.harmonic import HarmonicSynth, SynthAnalysis
 
 SR, WINDOW, HOP = 16000, 320, 80
 

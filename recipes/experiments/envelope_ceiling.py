@@ -23,12 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from codec.audio import load_audio
-from codec.data.pitch import world_features
-from codec.eval.metrics import pesq_wb, stoi
-from codec.eval.runner import read_manifest, read_split, select
-from codec.modules.harmonic import HarmonicSynth, SynthAnalysis
+from voxtok.audio import load_audio
+from voxtok.data.pitch import world_features
+from voxtok.eval.metrics import pesq_wb, stoi
+from voxtok.eval.runner import read_manifest, read_split, select
+from voxtok.modules.harmonic import HarmonicSynth, SynthAnalysis
 
 SR, WINDOW, HOP, BANDS = 16000, 320, 80, 64
 

@@ -21,11 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from codec.audio import load_audio
-from codec.compress import load_codec
-from codec.eval.metrics import MetricSuite, parse_metric_list
-from codec.eval.runner import read_manifest, read_split, select, spread_evenly
+from voxtok.audio import load_audio
+from voxtok.compress import load_codec
+from voxtok.eval.metrics import MetricSuite, parse_metric_list
+from voxtok.eval.runner import read_manifest, read_split, select, spread_evenly
 
 
 def postfilter_matrix(bands: int, beta: float, sigma: float) -> torch.Tensor:

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from codec.audio import load_audio
-from codec.compress import load_codec
-from codec.dataset import read_manifest
-from codec.eval.metrics import pesq_wb, stoi
-from codec.losses import MultiResolutionMelLoss
+from voxtok.audio import load_audio
+from voxtok.compress import load_codec
+from voxtok.dataset import read_manifest
+from voxtok.eval.metrics import pesq_wb, stoi
+from voxtok.losses import MultiResolutionMelLoss
 
 ROOT = Path("../shared/data/real")
 

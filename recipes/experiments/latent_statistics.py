@@ -12,10 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from codec.audio import load_audio
-from codec.compress import load_codec
-from codec.dataset import read_manifest
+from voxtok.audio import load_audio
+from voxtok.compress import load_codec
+from voxtok.dataset import read_manifest
 
 ROOT = Path("../shared/data/real")
 

@@ -16,10 +16,9 @@ import sys
 
 import numpy as np
 import torch
-
-from lm.model import SpeechLM
-from lm.sequence import collate
-from lm.train import LMTrainer, load_lm_recipe
+from voxtok.lm.model import SpeechLM
+from voxtok.lm.sequence import collate
+from voxtok.lm.train import LMTrainer, load_lm_recipe
 
 
 def main() -> None:

@@ -14,13 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from codec.audio import load_audio
-from codec.compress import load_codec
-from codec.data.pitch import world_features
-from codec.eval.metrics import pesq_wb, stoi
-from codec.eval.runner import read_manifest, read_split, select
-from codec.modules.harmonic import SynthAnalysis
+from voxtok.audio import load_audio
+from voxtok.compress import load_codec
+from voxtok.data.pitch import world_features
+from voxtok.eval.metrics import pesq_wb, stoi
+from voxtok.eval.runner import read_manifest, read_split, select
+from voxtok.modules.harmonic import SynthAnalysis
 
 # which parameters come from the original (the rest are the model's)
 VARIANTS = {"model": (), "true_env": ("env",), "true_f0": ("f0",), "true_voicing": ("voicing",),

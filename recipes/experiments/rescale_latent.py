@@ -1,7 +1,7 @@
 """Scale a 12.5 Hz tokenizer checkpoint's latent means back to unit size: the encoder's last conv and the latent
 statistics divided by the current spread, which leaves every normalised latent (all that the decoders, FSQ and the
 LMs read) unchanged. Used once, after the encoder's output scale ran away under detached batch statistics
-(codec.lowrate.FSQuantizer.normalise_by_batch).
+(voxtok.lowrate.FSQuantizer.normalise_by_batch).
 
     python recipes/experiments/rescale_latent.py runs/lowrate_12hz/checkpoint
 """

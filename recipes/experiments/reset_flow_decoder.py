@@ -1,6 +1,6 @@
 """Restart the flow decoder inside a 12.5 Hz tokenizer checkpoint, keeping the encoder and regression decoder (and
 their Adam moments): fresh flow weights, no optimizer state for them. Used once, when the flow's target changed
-from the whole parameters to the residual over the regression decoder (codec.lowrate.FlowDecoder): the flow reads
+from the whole parameters to the residual over the regression decoder (voxtok.lowrate.FlowDecoder): the flow reads
 detached latents, so restarting it leaves the rest of the training untouched.
 
     python recipes/experiments/reset_flow_decoder.py runs/lowrate_12hz/checkpoint
@@ -14,9 +14,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-
-from codec.config import LowRateConfig
-from codec.lowrate import LowRateCodec
+from voxtok.config import LowRateConfig
+from voxtok.lowrate import LowRateCodec
 
 
 def main() -> None:

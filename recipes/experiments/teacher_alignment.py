@@ -27,12 +27,12 @@ def main() -> None:
     parser.add_argument("--reach", type=int, default=2, help="PhoneRecogniser.align reach_frames")
     args = parser.parse_args()
 
-    from codec.audio import load_audio
-    from codec.data.align import FRAME_MS, cached_alignment
-    from codec.errors import VoxtokError
-    from codec.eval.runner import read_manifest, read_split, select
-    from codec.phone_teacher import _DROPPED, PhoneRecogniser
-    from lm.phonemes import WORD, phonemize
+    from voxtok.audio import load_audio
+    from voxtok.data.align import FRAME_MS, cached_alignment
+    from voxtok.errors import VoxtokError
+    from voxtok.eval.runner import read_manifest, read_split, select
+    from voxtok.lm.phonemes import WORD, phonemize
+    from voxtok.phone_teacher import _DROPPED, PhoneRecogniser
 
     recogniser = PhoneRecogniser.from_pretrained(args.model)
     root = Path(args.root)

@@ -27,8 +27,8 @@ def main() -> None:
     parser.add_argument("--heldout", default="data/synth_heldout")
     args = parser.parse_args()
 
-    from codec.eval.runner import read_manifest
-    from codec.phone_teacher import PhoneRecogniser, load_utterances, phone_error_rate
+    from voxtok.eval.runner import read_manifest
+    from voxtok.phone_teacher import PhoneRecogniser, load_utterances, phone_error_rate
 
     recogniser = PhoneRecogniser.from_pretrained(args.model)
     tags = {e.path: e.tags for e in read_manifest(Path(args.real))}

@@ -4,7 +4,7 @@
         [--shifts 0,1,2,3] [--split dev|train]
 
 `voxtok eval` scores voicing with WORLD's DIO on the original and on the decoded audio; v2 learned its voicing
-from WORLD's Harvest (codec.data.pitch). On the first N non-digit dev files this prints (1) Harvest against DIO
+from WORLD's Harvest (voxtok.data.pitch). On the first N non-digit dev files this prints (1) Harvest against DIO
 on the originals, (2) the decoded audio against the original by DIO, split into misses (voiced in the original,
 unvoiced decoded) and false alarms, with GPE and PESQ-WB, for each shift of the voicing logit (a decode-time
 threshold: -k on the logit before the sigmoid). `--split train` takes N files spread evenly over the train split
@@ -20,12 +20,11 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-
-from codec.compress import decode_codes, encode_samples, load_codec
-from codec.config import DEFAULT_MODEL
-from codec.eval.metrics import f0_track, pitch_errors
-from codec.eval.runner import read_manifest, read_split, select, spread_evenly
-from codec.harmonic_codec import SynthParameters
+from voxtok.compress import decode_codes, encode_samples, load_codec
+from voxtok.config import DEFAULT_MODEL
+from voxtok.eval.metrics import f0_track, pitch_errors
+from voxtok.eval.runner import read_manifest, read_split, select, spread_evenly
+from voxtok.harmonic_codec import SynthParameters
 
 
 def harvest_f0(samples: np.ndarray, sample_rate: int) -> np.ndarray:
