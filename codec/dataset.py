@@ -5,13 +5,13 @@ Crops are drawn with a seeded numpy Generator, so a run with the same seed sees 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 from voxtok.audio import load_audio
+from voxtok.manifest import read_rows
 
 
 @dataclass
@@ -28,12 +28,8 @@ class AudioSource:
 
 
 def read_manifest(root: str | Path, split_file: str | Path | None = None) -> list[dict]:
-    root = Path(root)
-    rows = [json.loads(line) for line in open(root / "manifest.jsonl") if line.strip()]
-    if split_file is not None:
-        keep = {p.strip() for p in Path(split_file).read_text().splitlines() if p.strip()}
-        rows = [r for r in rows if r["path"] in keep]
-    return rows
+    """The manifest's rows as dicts (the one rule: voxtok.manifest.read_rows)."""
+    return read_rows(root, split_file)
 
 
 def synth_cache_prefix(root: str | Path) -> str:

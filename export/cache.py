@@ -51,7 +51,7 @@ def shipped_model_dir(model: str | None) -> Path:
     path = Path(target)
     if path.is_dir():
         return path
-    shipped = Path(str(resources.files("codec") / "pretrained" / target))
+    shipped = Path(str(resources.files("voxtok") / "pretrained" / target))
     if not shipped.is_dir():
         raise VoxtokError(f"unknown model {target!r} (pass a shipped model name or a model folder)")
     return shipped

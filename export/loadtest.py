@@ -271,11 +271,10 @@ def _start_server(onnx_dir: Path, threads: int, max_streams: int, log_path: Path
 
 def _default_signals(sample_rate: int) -> list[np.ndarray]:
     from voxtok.audio import load_audio
+    from voxtok.paths import real_speech_root, split_file
 
-    root = Path(os.environ.get("VOXTOK_DATA", Path(__file__).resolve().parent.parent.parent / "shared" / "data"
-                               / "real"))
-    split = Path(__file__).resolve().parent.parent / "codec" / "splits" / "real_dev.txt"
-    names = [line.strip() for line in split.read_text().splitlines() if line.startswith("librispeech/")]
+    root = real_speech_root()
+    names = [line.strip() for line in split_file("real_dev.txt").splitlines() if line.startswith("librispeech/")]
     paths = [root / name for name in names if (root / name).is_file()][:4]
     if not paths:
         raise VoxtokError(f"no dev speech under {root}; pass --audio FILES or set VOXTOK_DATA")

@@ -21,7 +21,9 @@ DATA_FIXTURES = frozenset({"real_root", "real_rows", "dev_speech"})
 
 
 def _real_root() -> Path:
-    return Path(os.environ.get("VOXTOK_DATA", REPO.parent / "shared" / "data" / "real"))
+    from voxtok.paths import real_speech_root
+
+    return real_speech_root()
 
 
 def _missing_data_reason() -> str | None:

@@ -132,6 +132,43 @@ def test_every_module_imports_in_a_fresh_interpreter_in_dependency_order():
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+OLD_NAMES = frozenset(PACKAGE_DIRS.values())  # codec, lm, export, demo: folders, never import names
+
+
+def _old_names_used_as_modules(tree: ast.AST) -> list[str]:
+    """Strings that name a folder as if it were importable: a module path ("lm.model"), a package given to
+    importlib (resources.files("codec"), import_module("export")), or a path into a sibling folder built from the
+    module's own file (Path(__file__).parent.parent / "codec"), which breaks once installed as voxtok/."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            name = getattr(node.func, "attr", getattr(node.func, "id", ""))
+            value = node.args[0].value
+            if name in {"files", "import_module", "find_spec"} and isinstance(value, str) \
+                    and value.split(".")[0] in OLD_NAMES:
+                found.append(f"line {node.lineno}: {name}({value!r})")
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div) and isinstance(node.right, ast.Constant) \
+                and node.right.value in OLD_NAMES and "__file__" in ast.unparse(node.left):
+            found.append(f"line {node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_the_checker_finds_an_old_name_used_as_a_module():
+    tree = ast.parse('resources.files("codec")\nPath(__file__).parent.parent / "codec" / "splits"')
+    assert len(_old_names_used_as_modules(tree)) == 2
+
+
+def test_no_module_names_a_folder_as_an_import_name():
+    """The CI failure this guards: resources.files("codec") worked from the checkout and failed once the package
+    was voxtok; the import graph cannot see strings."""
+    bad = {}
+    for module, path in MODULES.items():
+        found = _old_names_used_as_modules(ast.parse(path.read_text(), str(path)))
+        if found:
+            bad[module] = found
+    assert not bad
+
+
 def test_pyproject_lists_every_package_folder():
     """A folder with an __init__.py that is missing from `packages` would be left out of the wheel."""
     listed = set(PYPROJECT["packages"])
@@ -219,6 +256,14 @@ def test_the_wheel_installs_voxtok_and_nothing_else(tmp_path):
                                capture_output=True, text=True, cwd=away, env=env, timeout=300)
     assert roundtrip.returncode == 0, roundtrip.stderr[-2000:]
     assert sf.info(str(away / "out.wav")).frames == 16000
+    # Package data found by the package's name: the shipped models' folders and the splits.
+    code = ("from voxtok.export.cache import shipped_model_dir; from voxtok.eval.runner import read_split; "
+            "print(shipped_model_dir(None).name, len(read_split('dev')))")
+    data = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=away, env=env,
+                          timeout=120)
+    assert data.returncode == 0, data.stderr[-2000:]
+    name, dev_files = data.stdout.split()
+    assert name == "voxtok-16k-v2" and int(dev_files) > 50
 
 
 def test_a_bare_checkout_imports_voxtok_through_the_symlink_tree(tmp_path):

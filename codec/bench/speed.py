@@ -197,7 +197,6 @@ def run_isolated(spec: RunSpec, timeout_s: float | None = None) -> dict:
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[var] = str(spec.threads)
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
     with tempfile.TemporaryDirectory(prefix="voxtok-bench-") as tmp:
         spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "result.json"
         spec_path.write_text(json.dumps(asdict(spec)))
@@ -353,7 +352,9 @@ def runtime_versions() -> dict:
 
 def default_input() -> Path:
     """The default speech: $VOXTOK_DATA, else the shared data folder beside the repo."""
-    root = Path(os.environ.get("VOXTOK_DATA") or REPO_ROOT.parent / "shared" / "data" / "real")
+    from voxtok.paths import real_speech_root
+
+    root = real_speech_root()
     path = root / DEFAULT_SPEECH
     if not path.is_file():
         raise VoxtokError(f"no default speech at {path}: pass --input FILE or set VOXTOK_DATA")

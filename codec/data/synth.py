@@ -51,11 +51,11 @@ import soundfile as sf
 import soxr
 from voxtok.audio import atomic_write, is_silent, save_audio
 from voxtok.errors import VoxtokError
+from voxtok.paths import text_root
 
 SAMPLE_RATE = 16000
 DEFAULT_TIMEOUT_S = 60.0
-# The shared data folder sits beside the repository checkout.
-DEFAULT_TEXT = Path(__file__).resolve().parents[3] / "shared" / "data" / "text" / "ljspeech_sentences.txt"
+DEFAULT_TEXT = text_root() / "ljspeech_sentences.txt"
 DEV_EVERY = 50  # sentence id % DEV_EVERY == 0 -> held out for the dev set
 CONFIG_NAME = "synth.json"
 MANIFEST_NAME = "manifest.jsonl"

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -17,60 +14,16 @@ from voxtok.audio import load_audio
 from voxtok.errors import VoxtokError
 from voxtok.eval.metrics import RATE_WEIGHTS, MetricSuite, align, fit_length
 from voxtok.eval.systems import SAMPLE_RATE, System, SystemFailure
+from voxtok.manifest import Entry, read_manifest  # noqa: F401  (callers import them from here too)
+from voxtok.paths import split_file
 
 SPLITS = {"dev": "real_dev.txt", "train": "real_train.txt"}
-
-
-@dataclass
-class Entry:
-    """One manifest row (the fields the evaluation uses)."""
-
-    path: str
-    duration: float | None = None
-    text: str | None = None
-    speaker: str | None = None
-    tags: list[str] = field(default_factory=list)
-
-
-def read_manifest(ref_dir: Path) -> list[Entry]:
-    """Parse REF_DIR/manifest.jsonl; a malformed line stops here, with its line number."""
-    manifest = ref_dir / "manifest.jsonl"
-    if not manifest.is_file():
-        raise VoxtokError(f"{ref_dir}: no manifest.jsonl (a reference set is a folder with manifest.jsonl)")
-    entries: list[Entry] = []
-    seen: set[str] = set()
-    with manifest.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise VoxtokError(f"{manifest}:{number}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("path"), str) or not row["path"]:
-                raise VoxtokError(f"{manifest}:{number}: each line needs a \"path\" string")
-            if row["path"] in seen:
-                raise VoxtokError(f"{manifest}:{number}: {row['path']} is listed twice")
-            seen.add(row["path"])
-            tags = row.get("tags") or []
-            entries.append(
-                Entry(
-                    path=row["path"],
-                    duration=row.get("duration") if isinstance(row.get("duration"), (int, float)) else None,
-                    text=row.get("text") if isinstance(row.get("text"), str) and row["text"].strip() else None,
-                    speaker=row.get("speaker") if isinstance(row.get("speaker"), str) else None,
-                    tags=[str(t) for t in tags] if isinstance(tags, list) else [],
-                )
-            )
-    if not entries:
-        raise VoxtokError(f"{manifest}: no entries")
-    return entries
 
 
 def read_split(spec: str) -> list[str]:
     """'dev' / 'train' (the splits shipped with voxtok) or a file of relative paths, one per line."""
     if spec in SPLITS:
-        text = resources.files("codec").joinpath("splits", SPLITS[spec]).read_text(encoding="utf-8")
+        text = split_file(SPLITS[spec])
     else:
         path = Path(spec)
         if not path.is_file():
