@@ -73,9 +73,9 @@ def tts(text: str, voice: np.ndarray | None = None, lm: str | Path | None = None
     if voice is not None:
         check_voice_prompt(voice)
     model, tokenizer = _speech_lm(str(lm) if lm is not None else None)
-    # The sampling `voxtok tts` uses by default.
-    audio, _ = synthesize(model, text, voice, Sampling(temperature=0.8, top_k=50, seed=seed, max_frames=250),
-                          tokenizer)
+    # The sampling `voxtok tts` uses by default (the model's own temperature).
+    sampling = Sampling(temperature=model.config.temperature, top_k=50, seed=seed, max_frames=250)
+    audio, _ = synthesize(model, text, voice, sampling, tokenizer)
     return audio
 
 

@@ -294,6 +294,16 @@ class StackedCodec(VoxtokCodec):
         return self
 
     # ---- offline ------------------------------------------------------------------------------------------
+    @property
+    def latent_dim(self) -> int:
+        """Dimensions of a continuous token."""
+        return self.config.latent_dim
+
+    def codes_of_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Continuous tokens [B, latent_dim, T] (normalised, as encode_latents gives them) -> the discrete twin's
+        codes [B, num_quantizers, T]: what a discrete LM is trained on, from the same frames."""
+        return self.quantizer.codes_of_normalised(latents)
+
     def encode_latents(self, wav: torch.Tensor) -> torch.Tensor:
         """[B, 1, N] audio -> continuous tokens [B, latent_dim, ceil(N / hop)], normalised."""
         return self.quantizer.normalise(self.encoder(self._pad_to_frames(wav.to(self.encoder_dtype))))

@@ -1,6 +1,7 @@
 """The tokenizer interface that everything downstream consumes (after Moshi's CompressionModel): eval, bench, the
 ONNX export and the speech LM ask a tokenizer for these and nothing else, so a new bottleneck or decoder is a new
-class, not edits across the packages. VoxtokCodec (v1) and HarmonicCodec (v2) implement it."""
+class, not edits across the packages. VoxtokCodec (v1) and HarmonicCodec (v2) implement `Tokenizer`; the 12.5 Hz
+tokenizers (StackedCodec, LowRateCodec) implement `ContinuousTokenizer` too, whose `continuous` is True."""
 
 from __future__ import annotations
 
@@ -49,6 +50,9 @@ class Tokenizer(Protocol):
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """[B, q, frames] codes -> [B, 1, frames * samples per frame] audio, aligned with the encoder's input."""
 
+    def use_fast_encoder(self) -> Tokenizer:
+        """float32 encoding for whole files (the exact float64 mode is what streaming = offline needs)."""
+
     def streaming(self, batch_size: int = 1, num_quantizers: int | None = None) -> AbstractContextManager:
         """Inside this context encode_chunk / decode_chunk carry state from call to call."""
 
@@ -59,3 +63,30 @@ class Tokenizer(Protocol):
     def flush_encoder(self) -> torch.Tensor: ...
 
     def flush_decoder(self) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class ContinuousTokenizer(Tokenizer, Protocol):
+    """The continuous half: what the continuous speech LM reads and writes, and the codes of the discrete twin
+    taken from the same frames (what the discrete LM reads)."""
+
+    @property
+    def latent_dim(self) -> int:
+        """Dimensions of a continuous token."""
+
+    def encode_latents(self, wav: torch.Tensor) -> torch.Tensor:
+        """[B, 1, N] audio -> [B, latent_dim, frames] continuous tokens (normalised)."""
+
+    def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """[B, latent_dim, frames] continuous tokens -> [B, 1, frames * samples per frame] audio."""
+
+    def codes_of_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """[B, latent_dim, frames] continuous tokens -> [B, num_quantizers, frames] codes of the discrete twin."""
+
+    def encode_latents_chunk(self, wav: torch.Tensor) -> torch.Tensor: ...
+
+    def decode_latents_chunk(self, z: torch.Tensor) -> torch.Tensor: ...
+
+    def set_decoding(self, kind: str | None = None, steps: int | None = None,
+                     temperature: float | None = None) -> ContinuousTokenizer:
+        """Choose the decoder of the continuous tokens ("regression" or "flow") and its sampling; returns self."""

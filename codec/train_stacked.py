@@ -95,7 +95,7 @@ class StackedTrainer(Trainer):
 
         super().__init__(model_cfg, cfg, device, progress)
         base = load_codec(model_cfg.base_model)
-        base.encoder.float()
+        base.use_fast_encoder()
         base.decoder.float()
         if not model_cfg.base_tokens_hash:
             model_cfg.base_tokens_hash = base.tokens_hash()

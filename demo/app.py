@@ -138,7 +138,8 @@ def build_app(config: DemoConfig | None = None) -> gr.Blocks:
                           stream_every=0.1, time_limit=120, concurrency_limit=config.concurrency)
             st_mic.start_recording(lambda: None, None, st_state)
         with gr.Tab("Voices"):
-            lms = list(voices_tab.available_lms())
+            lm_folders = voices_tab.available_lms()
+            lms = list(lm_folders)
             if not lms:
                 gr.Markdown("No speech LM found (lm/pretrained/ is empty). Train one (`voxtok lm train "
                             "recipes/lm_continuous_small_aligned.toml`) and start the demo with "
@@ -153,7 +154,8 @@ def build_app(config: DemoConfig | None = None) -> gr.Blocks:
                         vo_voice = gr.Audio(sources=["upload", "microphone"], type="filepath",
                                             label="voice prompt (a few seconds)", elem_id="vo-voice")
                         vo_model = gr.Dropdown(lms, value=lms[0], label="speech LM")
-                        vo_temperature = gr.Slider(0.0, 1.5, value=0.8, step=0.05, label="temperature")
+                        vo_temperature = gr.Slider(0.0, 1.5, step=0.05, label="temperature",
+                                                   value=voices_tab.model_temperature(lm_folders[lms[0]]))
                         vo_seed = gr.Number(0, precision=0, label="seed")
                         vo_steps = gr.Slider(1, 16, value=8, step=1, label="flow steps (continuous LMs)")
                         vo_run = gr.Button("Speak", variant="primary", elem_id="vo-run")

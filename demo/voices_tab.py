@@ -34,6 +34,16 @@ def available_lms() -> dict[str, str]:
     return found
 
 
+def model_temperature(folder: str | Path) -> float:
+    """The sampling temperature an LM folder's config names (its card's), read without loading the model."""
+    import json
+
+    try:
+        return float(json.loads((Path(folder) / "config.json").read_text(encoding="utf-8")).get("temperature", 0.8))
+    except (OSError, ValueError, TypeError):
+        return 0.8
+
+
 def _environment_lms() -> dict[str, str]:
     found = {}
     for pair in filter(None, os.environ.get("VOXTOK_DEMO_LMS", "").split(",")):
@@ -57,7 +67,7 @@ def _load(name: str):
         return _lms[name]
 
 
-def speak(text: str, voice_path: str | Path | None, model_name: str, temperature: float = 0.8, seed: int = 0,
+def speak(text: str, voice_path: str | Path | None, model_name: str, temperature: float | None = None, seed: int = 0,
           max_seconds: float = 20.0, steps: int | None = None) -> tuple[np.ndarray, str]:
     """(16 kHz speech, a Markdown summary); a DemoInputError says what is wrong with the request."""
     pieces, summary = [], ""
@@ -67,7 +77,7 @@ def speak(text: str, voice_path: str | Path | None, model_name: str, temperature
     return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32), summary
 
 
-def speak_stream(text: str, voice_path: str | Path | None, model_name: str, temperature: float = 0.8,
+def speak_stream(text: str, voice_path: str | Path | None, model_name: str, temperature: float | None = None,
                  seed: int = 0, max_seconds: float = 20.0,
                  steps: int | None = None) -> Iterator[tuple[np.ndarray, str]]:
     """The speech as it is generated: (16 kHz samples that became final, a Markdown summary with the phonemes
@@ -82,7 +92,7 @@ def speak_stream(text: str, voice_path: str | Path | None, model_name: str, temp
         raise DemoInputError("type something for the voice to say")
     if len(text) > MAX_TEXT_CHARS:
         raise DemoInputError(f"the text is {len(text)} characters; at most {MAX_TEXT_CHARS}")
-    if not 0.0 <= float(temperature) <= 2.0:
+    if temperature is not None and not 0.0 <= float(temperature) <= 2.0:
         raise DemoInputError("temperature must be between 0 and 2")
     if steps is not None and not 1 <= int(steps) <= 64:
         raise DemoInputError("flow steps must be between 1 and 64")
@@ -95,7 +105,8 @@ def speak_stream(text: str, voice_path: str | Path | None, model_name: str, temp
             check_voice_prompt(voice, "the voice prompt")
         except VoxtokError as exc:  # silent, or too short to carry a voice
             raise DemoInputError(str(exc)) from None
-    sampling = Sampling(temperature=float(temperature), top_k=50, seed=int(seed),
+    temperature = lm.config.temperature if temperature is None else float(temperature)
+    sampling = Sampling(temperature=temperature, top_k=50, seed=int(seed),
                         max_frames=max(1, int(max_seconds * lm.config.frame_rate)),
                         flow_steps=None if steps is None else int(steps))
     try:

@@ -250,11 +250,7 @@ def export_onnx(model: VoxtokCodec, out_dir: str | Path, weights_sha256: str | N
     The model is copied and cast to float32 first: `from_pretrained` leaves the encoder in float64 for exact
     PyTorch inference, but the graphs are float32 for onnxruntime's fast kernels.
     """
-    from voxtok.config import HarmonicCodecConfig
-
-    if int8 and isinstance(model.config, HarmonicCodecConfig):
-        # Measured on voxtok-16k-v2 (step 2000): INT8 weights changed 80% of the code frames, and the decoder's
-        # predicted F0 moved enough to shift the harmonics' phase (decoded-audio SNR against fp32: -3 dB).
+    if int8 and not model.int8_export:
         raise VoxtokError(f"{model.model_id}: INT8 graphs are not supported for the harmonic codec (int8 weights "
                           "change most of its codes); export fp32")
     out_dir = Path(out_dir)

@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                     "voxtok-lm-discrete) or an LM folder")
     tts.add_argument("--tokenizer", default=None,
                      help="tokenizer model folder (default: the shipped one the LM names; its config must match)")
-    tts.add_argument("--temperature", type=float, default=0.8)
+    tts.add_argument("--temperature", type=float, default=None, help="default: the model's own (its card's)")
     tts.add_argument("--top-k", type=int, default=50)
     tts.add_argument("--top-p", type=float, default=1.0)
     tts.add_argument("--steps", type=int, default=None, help="continuous LM: flow head Euler steps")
@@ -74,7 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--unseen-voices", type=int, default=5, help="unseen voices (default 5)")
     evaluate.add_argument("--unseen-sentences", type=int, default=20,
                           help="held-out sentences spoken in each unseen voice (default 20)")
-    evaluate.add_argument("--temperature", type=float, default=0.8)
+    evaluate.add_argument("--temperature", type=float, default=None, help="default: the model's own (its card's)")
     evaluate.add_argument("--top-k", type=int, default=50)
     evaluate.add_argument("--top-p", type=float, default=1.0)
     evaluate.add_argument("--steps", type=int, default=None, help="continuous LM: flow head Euler steps")
@@ -92,7 +92,8 @@ def check_sampling_args(args: argparse.Namespace) -> None:
     """--temperature, --top-k and --top-p as `voxtok tts` and `voxtok lm eval` take them."""
     from voxtok.errors import VoxtokError
 
-    if not 0 <= args.temperature <= 5 or args.top_k < 0 or not 0 < args.top_p <= 1:
+    temperature = 0.0 if args.temperature is None else args.temperature  # None: the model's own
+    if not 0 <= temperature <= 5 or args.top_k < 0 or not 0 < args.top_p <= 1:
         raise VoxtokError("--temperature must be in [0, 5], --top-k >= 0, --top-p in (0, 1]")
 
 
@@ -120,7 +121,8 @@ def run_tts(args: argparse.Namespace) -> int:
 
         voice = load_audio(args.voice, codec.config.sample_rate)
         check_voice_prompt(voice, args.voice, codec.config.sample_rate)
-    sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+    temperature = lm.config.temperature if args.temperature is None else args.temperature
+    sampling = Sampling(temperature=temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                         max_frames=max(1, int(args.max_seconds * lm.config.frame_rate)), flow_steps=args.steps)
     audio, stats = synthesize(lm, args.text, voice, sampling, tokenizer=codec)
     if not len(audio):
@@ -209,7 +211,8 @@ def run_eval(args: argparse.Namespace) -> int:
         raise VoxtokError(f"{args.output}: the report is written as a .json file")  # before minutes of generation
     torch.set_num_threads(args.threads)
     lm = load_lm(args.model)
-    sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, flow_steps=args.steps)
+    temperature = lm.config.temperature if args.temperature is None else args.temperature
+    sampling = Sampling(temperature=temperature, top_k=args.top_k, top_p=args.top_p, flow_steps=args.steps)
     report = evaluate_lm(lm, args.corpus, args.num, tokenizer=tokenizer_for(lm, args.tokenizer), sampling=sampling,
                          unseen=args.unseen, unseen_voices=args.unseen_voices,
                          unseen_sentences=args.unseen_sentences)

@@ -65,9 +65,7 @@ def build_corpus(out_dir: str | Path, sources: list[Source], tokenizer: str | No
     model = load_codec(tokenizer or "voxtok-16k-12hz")
     if not model.continuous:
         raise VoxtokError(f"model {model.model_id} is not a 12.5 Hz tokenizer; the LM reads voxtok-16k-12hz tokens")
-    # float32 here: float64 (load_codec's exact mode, for streaming = offline) is 2-3x slower, and a corpus is
-    # encoded in one pass per file, so chunking noise does not arise.
-    model.encoder.float()
+    model.use_fast_encoder()  # one pass per file: load_codec's exact float64 mode buys nothing here
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "corpus.json").unlink(missing_ok=True)
@@ -111,7 +109,7 @@ def build_corpus(out_dir: str | Path, sources: list[Source], tokenizer: str | No
                 symbols.update(phones)
             with torch.inference_mode():
                 z = model.encode_latents(torch.from_numpy(samples)[None, None])
-                codes = model.quantizer.codes_of_normalised(z)
+                codes = model.codes_of_latents(z)
             if buffered + z.shape[-1] > SHARD_FRAMES:
                 flush_shard()
             utterances.append({"id": f"{source.root.name}/{row['path']}", "split": source.split,

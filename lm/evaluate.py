@@ -120,7 +120,7 @@ def evaluate_lm(lm, corpus: str | Path, num: int = 100, tokenizer=None, sampling
     voices = _unseen_voices(unseen_source, unseen_voices) if unseen_source is not None else []
     codec = tokenizer or tokenizer_for(lm)
     judge = _Judge(judges or Judges(), codec)
-    base = sampling or Sampling(temperature=0.8, top_k=50)
+    base = sampling or Sampling(temperature=lm.config.temperature, top_k=50)
     discrete = lm.config.kind == "discrete"
     rows = []
     for i, (u, prompt_u) in enumerate(pairs):

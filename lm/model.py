@@ -71,6 +71,9 @@ class SpeechLMConfig:
     # projected and added at every position. The in-context prompt carries the voice's detail; the embedding
     # says who it is in a form trained on thousands of speakers, which a few hundred voices of data cannot teach.
     speaker_dim: int = 0
+    # The sampling temperature its card measured: what `voxtok tts`, `voxtok lm eval`, the demo and voxtok.tts
+    # use unless told otherwise (for a continuous LM it scales the flow head's starting noise).
+    temperature: float = 0.8
 
     @property
     def pad_token(self) -> int:

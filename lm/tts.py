@@ -132,7 +132,7 @@ def prompt_tokens(lm: SpeechLM, codec, voice: np.ndarray | None) -> torch.Tensor
     voice = voice[: int(MAX_PROMPT_SECONDS * codec.config.sample_rate)]
     wav = torch.from_numpy(np.ascontiguousarray(voice, dtype=np.float32))[None, None]
     z = codec.encode_latents(wav)[0]
-    return codec.quantizer.codes_of_normalised(z[None])[0] if discrete else z.float()
+    return codec.codes_of_latents(z[None])[0] if discrete else z.float()
 
 
 def speak(lm: SpeechLM, ids: list[int], prompt: torch.Tensor, sampling: Sampling, codec,

@@ -205,7 +205,7 @@ sample_tokenizer = "{corpus.parent / 'tok'}"
     return recipe
 
 
-def test_corpus_training_and_tts_end_to_end(tmp_path, capsys, tiny_corpus):
+def test_corpus_training_and_tts_end_to_end(tmp_path, capsys, tiny_corpus, monkeypatch):
     """Speech with text -> `voxtok lm corpus` (tiny tokenizer) -> `voxtok lm train` -> `voxtok tts`: every stage
     runs as a user runs it and writes what it promises; bad text or a missing model is one error line."""
     import soundfile as sf
@@ -249,6 +249,23 @@ def test_corpus_training_and_tts_end_to_end(tmp_path, capsys, tiny_corpus):
     assert lm_cfg.tokenizer_source == str(tiny_corpus / "tok")
     assert main(["tts", "The cat ran.", "-o", str(tmp_path / "own.wav"), "--model",
                  str(tmp_path / "run" / "checkpoint"), "--max-seconds", "1"]) == 0
+    # Without --temperature, tts samples at the temperature the model's config names (its card's); with it, at
+    # the one given. (This tiny LM's distributions are too peaked for the audio to tell: the sampling is read.)
+    config_path = tmp_path / "run" / "checkpoint" / "config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "temperature": 1.3}))
+    import voxtok.lm.tts as tts_module
+
+    used, real_synthesize = [], tts_module.synthesize
+
+    def recording(lm, text, voice, sampling, **kw):
+        used.append(sampling.temperature)
+        return real_synthesize(lm, text, voice, sampling, **kw)
+
+    monkeypatch.setattr(tts_module, "synthesize", recording)
+    for extra in ([], ["--temperature", "0.25"]):
+        assert main(["tts", "The cat ran.", "-o", str(tmp_path / "t.wav"), "--model",
+                     str(tmp_path / "run" / "checkpoint"), "--max-seconds", "1", *extra]) == 0
+    assert used == [1.3, 0.25]
     with torch.no_grad():
         next(tok.parameters()).add_(0.01)
     tok.save_pretrained(tmp_path / "tuned_tok")

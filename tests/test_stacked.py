@@ -223,3 +223,37 @@ def test_onnx_export_streams_like_pytorch(tiny_stacked, tmp_path):
         latents, tokens = tiny_stacked.encode_latents(x)[0].float().numpy(), tiny_stacked.encode(x)[0].numpy()
     assert np.array_equal(LowRateRuntime(tmp_path / "onnx").fsq_codes(latents), tokens)
     tiny_stacked.set_decoding("regression", steps=8)
+
+
+def test_the_continuous_half_of_the_tokenizer_interface(tiny_stacked, tiny_base):
+    """The LM consumes the tokenizer through ContinuousTokenizer: the 12.5 Hz tokenizers implement it, codec v2
+    (discrete only) does not; the discrete twin's codes of encode_latents are encode's codes, frame for frame."""
+    from voxtok.tokenizer import ContinuousTokenizer, Tokenizer
+
+    assert isinstance(tiny_stacked, ContinuousTokenizer) and tiny_stacked.continuous
+    assert isinstance(load_codec("voxtok-16k-12hz"), ContinuousTokenizer)
+    base = load_codec(tiny_base)
+    assert isinstance(base, Tokenizer) and not isinstance(base, ContinuousTokenizer) and not base.continuous
+    wav = torch.from_numpy(voiced_signal(1.0, 150, 0))[None, None]
+    with torch.inference_mode():
+        latents = tiny_stacked.encode_latents(wav)
+        codes = tiny_stacked.codes_of_latents(latents)
+        assert latents.shape[1] == tiny_stacked.latent_dim == 8
+        assert torch.equal(codes, tiny_stacked.encode(wav))
+        assert codes.shape == (1, tiny_stacked.num_codebooks, latents.shape[-1])
+
+
+def test_the_lm_reaches_the_tokenizer_only_through_its_interface():
+    """No module of the LM package reads a tokenizer's parts (.quantizer, .encoder, .decoder): a new bottleneck
+    is a new tokenizer class, not an edit of the LM."""
+    import ast
+    from pathlib import Path
+
+    parts = {"quantizer", "encoder", "decoder"}
+    reaches = []
+    for path in sorted((Path(__file__).resolve().parent.parent / "lm").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in parts and isinstance(node.value, ast.Name) \
+                    and node.value.id in {"codec", "model", "tokenizer"}:
+                reaches.append(f"{path.name}:{node.lineno}: {node.value.id}.{node.attr}")
+    assert not reaches

@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = load_codec(args.model)
-    model.encoder.float()  # one pass per file: float64's chunking exactness is not needed, and it is 2-3x slower
+    model.use_fast_encoder()  # one pass per file: float64's chunking exactness is not needed, and it is 2-3x slower
     started = time.time()
     path = build_latent_cache(model, args.root, args.split, args.synth, args.cache)
     corpus = load_latent_cache(path)
