@@ -38,6 +38,7 @@ from voxtok.modules.convnext import ChannelLayerNorm, ConvNeXtBlock
 from voxtok.modules.flow import ResidualFlowRules, VelocityNet, fixed_noise
 from voxtok.modules.harmonic import F0_MAX_HZ, F0_MIN_HZ, HarmonicSynth
 from voxtok.modules.streaming import State, StreamingModule, StreamingSequential
+from voxtok.tokenizer import ContinuousTokens
 
 
 def _blocks(dim: int, count: int, cfg: LowRateConfig) -> list[nn.Module]:
@@ -330,7 +331,7 @@ class _LowRateStream:
     frame_position: int  # feature frames decoded so far: where the flow's noise is read
 
 
-class LowRateCodec(VoxtokCodec):
+class LowRateCodec(ContinuousTokens, VoxtokCodec):
     """The tokenizer interface at 12.5 Hz. `encode` / `decode` are the discrete twin (8 codes per frame, what
     the .vtok container and the CLI carry); `encode_latents` / `decode_latents` the continuous tokens.
     `decoder_kind` ("regression", the default, or "flow"), `flow_steps` and `temperature` choose how tokens are
@@ -398,16 +399,6 @@ class LowRateCodec(VoxtokCodec):
         return self
 
     # ---- offline ----------------------------------------------------------------------------------------
-    @property
-    def latent_dim(self) -> int:
-        """Dimensions of a continuous token."""
-        return self.config.latent_dim
-
-    def codes_of_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Continuous tokens [B, latent_dim, T] (normalised, as encode_latents gives them) -> the discrete twin's
-        codes [B, num_quantizers, T]: what a discrete LM is trained on, from the same frames."""
-        return self.quantizer.codes_of_normalised(latents)
-
     def encode_latents(self, wav: torch.Tensor) -> torch.Tensor:
         """[B, 1, N] audio -> continuous tokens [B, latent_dim, ceil(N / hop)], normalised."""
         latents = self.encoder(self._pad_to_frames(wav.to(self.encoder_dtype)))

@@ -41,6 +41,7 @@ from voxtok.modules.conv import CausalConv1d
 from voxtok.modules.convnext import ChannelLayerNorm, ConvNeXtBlock
 from voxtok.modules.flow import ResidualFlowRules, VelocityNet, fixed_noise
 from voxtok.modules.streaming import State, StreamingModule, StreamingSequential
+from voxtok.tokenizer import ContinuousTokens
 
 
 def _blocks(dim: int, count: int, cfg: StackedConfig) -> list[nn.Module]:
@@ -196,7 +197,7 @@ class _StackedStream:
     frame_position: int  # base frames decoded so far: where the flow's noise is read
 
 
-class StackedCodec(VoxtokCodec):
+class StackedCodec(ContinuousTokens, VoxtokCodec):
     """The tokenizer interface at 12.5 Hz. `encode` / `decode` are the discrete twin (what .vtok files carry);
     `encode_latents` / `decode_latents` the continuous tokens. `set_decoding` picks the regression decoder (the
     default) or the flow decoder and its steps."""
@@ -294,16 +295,6 @@ class StackedCodec(VoxtokCodec):
         return self
 
     # ---- offline ------------------------------------------------------------------------------------------
-    @property
-    def latent_dim(self) -> int:
-        """Dimensions of a continuous token."""
-        return self.config.latent_dim
-
-    def codes_of_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Continuous tokens [B, latent_dim, T] (normalised, as encode_latents gives them) -> the discrete twin's
-        codes [B, num_quantizers, T]: what a discrete LM is trained on, from the same frames."""
-        return self.quantizer.codes_of_normalised(latents)
-
     def encode_latents(self, wav: torch.Tensor) -> torch.Tensor:
         """[B, 1, N] audio -> continuous tokens [B, latent_dim, ceil(N / hop)], normalised."""
         return self.quantizer.normalise(self.encoder(self._pad_to_frames(wav.to(self.encoder_dtype))))

@@ -90,3 +90,18 @@ class ContinuousTokenizer(Tokenizer, Protocol):
     def set_decoding(self, kind: str | None = None, steps: int | None = None,
                      temperature: float | None = None) -> ContinuousTokenizer:
         """Choose the decoder of the continuous tokens ("regression" or "flow") and its sampling; returns self."""
+
+
+class ContinuousTokens:
+    """What the 12.5 Hz tokenizers share of ContinuousTokenizer: the token size and the discrete twin's codes of
+    continuous tokens, both read from the model's config and its FSQ quantizer."""
+
+    @property
+    def latent_dim(self) -> int:
+        """Dimensions of a continuous token."""
+        return self.config.latent_dim
+
+    def codes_of_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Continuous tokens [B, latent_dim, T] (normalised, as encode_latents gives them) -> the discrete twin's
+        codes [B, num_quantizers, T]: what a discrete LM is trained on, from the same frames."""
+        return self.quantizer.codes_of_normalised(latents)
