@@ -35,13 +35,16 @@ def available_lms() -> dict[str, str]:
 
 
 def model_temperature(folder: str | Path) -> float:
-    """The sampling temperature an LM folder's config names (its card's), read without loading the model."""
+    """The sampling temperature an LM folder's config names (its card's), read without loading the weights."""
     import json
 
+    from voxtok.lm.model import SpeechLMConfig
+
     try:
-        return float(json.loads((Path(folder) / "config.json").read_text(encoding="utf-8")).get("temperature", 0.8))
+        return SpeechLMConfig.from_dict(json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+                                        ).temperature
     except (OSError, ValueError, TypeError):
-        return 0.8
+        return SpeechLMConfig.temperature  # the config's own default, for a folder that will fail to load anyway
 
 
 def _environment_lms() -> dict[str, str]:
